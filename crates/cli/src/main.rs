@@ -1,0 +1,223 @@
+//! `verger`: the command line. Flags in, a pipeline call out; no logic of its own.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use verger_pipeline::bench::{BenchConfig, bench, table};
+use verger_pipeline::{ProgressMode, RunConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "verger",
+    version,
+    about = "Fruit photos → MobileNetV2 transfer-learning features → PCA → Parquet",
+    long_about = "verger lists the images under a folder or an S3 prefix (label = parent folder name), \
+turns each into a 1280-d MobileNetV2 feature vector, fits a PCA on all of them and writes \
+Parquet that pandas, pyarrow, Spark and DuckDB read as-is.\n\n\
+S3 settings come from the standard AWS environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+AWS_SESSION_TOKEN, AWS_REGION (default eu-west-1), AWS_ENDPOINT_URL and AWS_ALLOW_HTTP=true \
+for a local S3-compatible server. Logs: VERGER_LOG=debug (or RUST_LOG).",
+    after_help = "Examples:\n  \
+verger run --input ../shared/datasets/fruits360-sample --output out/sample\n  \
+verger run --input s3://fruits/images/ --output s3://fruits/results/ --k 5\n  \
+verger bench --images 2000"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline once: list, featurize, fit PCA, write Parquet.
+    Run(RunArgs),
+    /// Measure the pipeline against the model-only ceiling (and peak memory).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The ONNX model [default: the shared MobileNetV2, found as shared/models/… beside the project]
+    #[arg(long, env = "VERGER_MODEL")]
+    model: Option<PathBuf>,
+    /// Inference engine: ort (ONNX Runtime, fastest), tract (pure Rust), auto (ort if its library is found)
+    #[arg(long, default_value = "auto")]
+    engine: EngineArg,
+    /// ONNX Runtime shared library (libonnxruntime.so from the onnxruntime wheel)
+    #[arg(long = "ort-lib", env = "ORT_DYLIB_PATH")]
+    ort_library: Option<PathBuf>,
+    /// Images per inference batch
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Threads per inference call [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Images to process: a local folder or s3://bucket/prefix (searched recursively)
+    #[arg(long, short)]
+    input: String,
+    /// Where the result goes: a local folder or s3://bucket/prefix
+    #[arg(long, short)]
+    output: String,
+    /// Which file names are images (matched on the name, case-insensitively)
+    #[arg(long, default_value = "*.jpg")]
+    glob: String,
+    /// Number of PCA components
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+    /// Centre features before projecting (scikit-learn convention); the default
+    /// projects uncentred, like spark.ml's PCAModel
+    #[arg(long)]
+    center: bool,
+    /// Replace an existing result at --output (its files are all removed first)
+    #[arg(long)]
+    overwrite: bool,
+    /// Fail the run when more than N images cannot be processed
+    #[arg(long, value_name = "N")]
+    max_errors: Option<u64>,
+    /// Refuse images larger than this many pixels (protects memory from huge or hostile files)
+    #[arg(long, default_value_t = 64_000_000)]
+    max_pixels: u64,
+    /// Parallel tasks reading and decoding images [default: all cores]
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Progress display: auto (bar on a terminal, lines otherwise), bar, lines, off
+    #[arg(long, default_value = "auto")]
+    progress: ProgressArg,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Image counts to run, comma-separated (e.g. 2000,20000 to show memory stays flat)
+    #[arg(long, value_delimiter = ',', default_value = "2000")]
+    images: Vec<usize>,
+    /// Folder of images to repeat
+    #[arg(long, default_value = "../shared/datasets/fruits360-sample")]
+    dataset: PathBuf,
+    /// Engines to measure, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "ort")]
+    engines: Vec<EngineArg>,
+    /// Batches timed for the model-only ceiling
+    #[arg(long, default_value_t = 20)]
+    ceiling_batches: usize,
+    /// Folder for the repeated inputs and outputs [default: a temporary folder]
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Also write the results as JSON here
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Auto,
+    Ort,
+    Tract,
+}
+
+impl From<EngineArg> for verger_model::EngineChoice {
+    fn from(engine: EngineArg) -> Self {
+        match engine {
+            EngineArg::Auto => Self::Auto,
+            EngineArg::Ort => Self::Ort,
+            EngineArg::Tract => Self::Tract,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Lines,
+    Off,
+}
+
+impl From<ProgressArg> for ProgressMode {
+    fn from(mode: ProgressArg) -> Self {
+        match mode {
+            ProgressArg::Auto => Self::Auto,
+            ProgressArg::Bar => Self::Bar,
+            ProgressArg::Lines => Self::Lines,
+            ProgressArg::Off => Self::Off,
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("VERGER_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn,verger=info,verger_pipeline=info,verger_model=info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench(args) => run_bench(args),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("verger: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut config = RunConfig::new(args.input, args.output);
+    config.glob = args.glob;
+    config.k = args.k;
+    config.center = args.center;
+    config.overwrite = args.overwrite;
+    config.max_errors = args.max_errors;
+    config.max_pixels = args.max_pixels;
+    config.progress = args.progress.into();
+    config.model = args.model.model;
+    config.engine = args.model.engine.into();
+    config.ort_library = args.model.ort_library;
+    config.batch_size = args.model.batch_size.max(1);
+    if let Some(threads) = args.model.threads {
+        config.threads = threads.max(1);
+    }
+    if let Some(partitions) = args.partitions {
+        config.partitions = partitions.max(1);
+    }
+    let report = runtime()?.block_on(verger_pipeline::run(&config))?;
+    println!("{}", report.summary_line());
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let config = BenchConfig {
+        dataset: args.dataset,
+        image_counts: args.images,
+        engines: args.engines.into_iter().map(Into::into).collect(),
+        batch_size: args.model.batch_size.max(1),
+        threads: args.model.threads.unwrap_or(cores),
+        model: args.model.model,
+        ort_library: args.model.ort_library,
+        work_dir: args.work_dir,
+        ceiling_batches: args.ceiling_batches,
+    };
+    let rows = bench(&config, &std::env::current_exe()?)?;
+    println!("{}", table(&rows));
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    Ok(())
+}

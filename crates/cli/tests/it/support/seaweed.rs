@@ -1,0 +1,178 @@
+//! A throw-away local S3 server: SeaweedFS `weed mini` from the virtualenv.
+//!
+//! Every component (master, volume, filer, S3, admin) gets its own free
+//! HTTP and gRPC port so several servers can run side by side (tests run in
+//! parallel); WebDAV, the admin UI, Iceberg and Lance endpoints are off.
+//! The server is stopped in `Drop` (also when the test panics) and dies with
+//! the test thread if the test process is killed.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::runner::kill_with_parent;
+use super::{python_json_env, weed};
+
+/// Serialises port picking + start-up within this process, so two servers
+/// never pick the same ports.
+static START: Mutex<()> = Mutex::new(());
+
+pub struct SeaweedFs {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub s3_port: u16,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// Reserve `n` distinct free ports (all held open until every one is picked).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+impl SeaweedFs {
+    /// Start a server with fresh random credentials and wait until S3 answers.
+    pub fn start() -> Self {
+        let _guard = START.lock().unwrap_or_else(|e| e.into_inner());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let access_key = format!("verger-it-{}", std::process::id());
+        let secret_key = format!("it-secret-{nanos:x}");
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let dir = tempfile::Builder::new().prefix("verger-weed-").tempdir().unwrap();
+            let p = free_ports(10);
+            let d = dir.path();
+            std::fs::create_dir_all(d.join("data")).unwrap();
+            std::fs::create_dir_all(d.join("logs")).unwrap();
+            let log = d.join("weed.log");
+            let mut cmd = Command::new(weed());
+            cmd.arg(format!("-logdir={}", d.join("logs").display()))
+                .arg("mini")
+                .arg(format!("-dir={}", d.join("data").display()))
+                .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+                .arg(format!("-s3.port={}", p[0]))
+                .arg(format!("-s3.port.grpc={}", p[1]))
+                .arg(format!("-master.port={}", p[2]))
+                .arg(format!("-master.port.grpc={}", p[3]))
+                .arg(format!("-volume.port={}", p[4]))
+                .arg(format!("-volume.port.grpc={}", p[5]))
+                .arg(format!("-filer.port={}", p[6]))
+                .arg(format!("-filer.port.grpc={}", p[7]))
+                .arg(format!("-admin.port={}", p[8]))
+                .arg(format!("-admin.port.grpc={}", p[9]))
+                .arg(format!("-s3.localSocket={}", d.join("s3.sock").display()))
+                .arg(format!("-filer.localSocket={}", d.join("filer.sock").display()))
+                .args([
+                    "-webdav=false",
+                    "-admin.ui=false",
+                    "-s3.port.iceberg=0",
+                    "-s3.port.lance=0",
+                    "-master.telemetry=false",
+                ])
+                // weed mini creates an admin identity from these.
+                .env("AWS_ACCESS_KEY_ID", &access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &secret_key)
+                .stdin(Stdio::null())
+                .stdout(File::create(&log).unwrap())
+                .stderr(File::create(&log).unwrap());
+            kill_with_parent(&mut cmd);
+            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", weed().display()));
+            let mut server = SeaweedFs {
+                child,
+                dir,
+                s3_port: p[0],
+                access_key: access_key.clone(),
+                secret_key: secret_key.clone(),
+            };
+            if server.wait_until_listening(Duration::from_secs(60)) {
+                return server;
+            }
+            last_log = server.log();
+            // Port clash or slow start: drop (stops it) and retry with new ports.
+        }
+        panic!("SeaweedFS did not start; last log:\n{last_log}");
+    }
+
+    fn wait_until_listening(&mut self, timeout: Duration) -> bool {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.s3_port).parse().unwrap();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The environment `verger` (and the Python client) need to reach this server.
+    pub fn env_with_secret(&self, secret: &str) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), secret.to_string()),
+            ("AWS_REGION".into(), "eu-west-1".into()),
+            ("AWS_ENDPOINT_URL".into(), self.endpoint()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("S3_TEST_ENDPOINT".into(), self.endpoint()),
+        ]
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env_with_secret(&self.secret_key)
+    }
+
+    /// Run `tests/python/s3_tool.py ARGS...` against this server.
+    pub fn tool<I, S>(&self, args: I) -> Value
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        python_json_env("s3_tool.py", args, &self.env())
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SIGTERM first so weed removes its /tmp unix sockets; SIGKILL if it lingers.
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

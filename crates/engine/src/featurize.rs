@@ -1,0 +1,282 @@
+//! `featurize(root, key)`: a whole batch of images through read → decode →
+//! resize → model, one output row per input row, failures included.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float32Builder, ListBuilder, StringBuilder, StructArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::{ScalarValue, exec_err};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+use futures::StreamExt;
+use verger_image::{PreprocessConfig, TENSOR_LEN};
+use verger_model::{FEATURE_DIM, SharedModel};
+use verger_store::{Location, ObjectKey};
+
+use crate::StageMetrics;
+
+/// How many objects of one batch are fetched at once.
+const READ_CONCURRENCY: usize = 16;
+
+/// The stage names recorded in `errors/`.
+pub const STAGE_READ: &str = "read";
+pub const STAGE_DECODE: &str = "decode";
+pub const STAGE_INFERENCE: &str = "inference";
+
+/// `struct<features: list<float32>, error_stage: utf8, error_reason: utf8>`:
+/// exactly one of `features` and `error_*` is set on each row.
+pub fn featurize_result_type() -> DataType {
+    DataType::Struct(result_fields())
+}
+
+fn result_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(
+            "features",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+            true,
+        ),
+        Field::new("error_stage", DataType::Utf8, true),
+        Field::new("error_reason", DataType::Utf8, true),
+    ])
+}
+
+/// What `featurize` needs in a process: the model (loaded once), decoding
+/// limits, the stores it reads from, and the metrics it feeds.
+#[derive(Debug)]
+pub struct FeaturizeContext {
+    pub model: Arc<SharedModel>,
+    pub preprocess: PreprocessConfig,
+    pub metrics: Arc<StageMetrics>,
+    stores: Mutex<HashMap<String, Location>>,
+}
+
+impl FeaturizeContext {
+    pub fn new(
+        model: Arc<SharedModel>,
+        preprocess: PreprocessConfig,
+        metrics: Arc<StageMetrics>,
+    ) -> Self {
+        FeaturizeContext {
+            model,
+            preprocess,
+            metrics,
+            stores: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Lets a caller hand over the location it already opened.
+    pub fn add_location(&self, location: Location) {
+        self.stores
+            .lock()
+            .expect("store cache lock")
+            .insert(location.display_root().to_string(), location);
+    }
+
+    fn location(&self, root: &str) -> Result<Location> {
+        let mut stores = self.stores.lock().expect("store cache lock");
+        if let Some(location) = stores.get(root) {
+            return Ok(location.clone());
+        }
+        let location =
+            Location::parse(root).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        stores.insert(root.to_string(), location.clone());
+        Ok(location)
+    }
+
+    /// The plain-Rust heart of the function: bytes (or a read failure) in,
+    /// features (or a failure with its stage) out, in the same order.
+    pub fn featurize_batch(
+        &self,
+        inputs: Vec<std::result::Result<bytes::Bytes, String>>,
+    ) -> Vec<std::result::Result<Vec<f32>, (&'static str, String)>> {
+        let decode_started = Instant::now();
+        let mut tensor = Vec::with_capacity(inputs.len() * TENSOR_LEN);
+        let mut outcomes: Vec<std::result::Result<usize, (&'static str, String)>> =
+            Vec::with_capacity(inputs.len());
+        let mut slots = 0;
+        for input in inputs {
+            let outcome = match input {
+                Err(reason) => Err((STAGE_READ, reason)),
+                Ok(bytes) => {
+                    let start = tensor.len();
+                    tensor.resize(start + TENSOR_LEN, 0.0);
+                    match verger_image::preprocess_into(
+                        &bytes,
+                        &self.preprocess,
+                        &mut tensor[start..],
+                    ) {
+                        Ok(()) => {
+                            slots += 1;
+                            Ok(slots - 1)
+                        }
+                        Err(e) => {
+                            tensor.truncate(start);
+                            Err((STAGE_DECODE, e.to_string()))
+                        }
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        StageMetrics::add(&self.metrics.decode_ns, decode_started.elapsed());
+
+        let infer_started = Instant::now();
+        let features = self.model.features(&tensor, slots);
+        StageMetrics::add(&self.metrics.infer_ns, infer_started.elapsed());
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                let slot = outcome?;
+                match &features {
+                    Ok(all) => Ok(all[slot * FEATURE_DIM..(slot + 1) * FEATURE_DIM].to_vec()),
+                    Err(e) => Err((STAGE_INFERENCE, e.to_string())),
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct FeaturizeUdf {
+    signature: Signature,
+    context: Arc<FeaturizeContext>,
+}
+
+impl FeaturizeUdf {
+    pub const NAME: &'static str = "featurize";
+
+    pub fn new(context: Arc<FeaturizeContext>) -> Self {
+        FeaturizeUdf {
+            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Volatile),
+            context,
+        }
+    }
+}
+
+impl PartialEq for FeaturizeUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.context, &other.context)
+    }
+}
+impl Eq for FeaturizeUdf {}
+impl Hash for FeaturizeUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Self::NAME.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for FeaturizeUdf {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(featurize_result_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [root, keys] = args.args.as_slice() else {
+            return exec_err!("featurize(root, key) takes two arguments");
+        };
+        let root = match root {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(root))) => root.clone(),
+            ColumnarValue::Array(array) if !array.is_empty() && array.is_valid(0) => {
+                array.as_string::<i32>().value(0).to_string()
+            }
+            _ => return exec_err!("featurize: the root location must be a non-null string"),
+        };
+        let keys = keys.to_array(args.number_rows)?;
+        let keys = keys.as_string::<i32>();
+        let location = self.context.location(&root)?;
+
+        let read_started = Instant::now();
+        let reads = read_all(&location, keys)?;
+        StageMetrics::add(&self.context.metrics.read_ns, read_started.elapsed());
+        let read_bytes: usize = reads.iter().flatten().map(|b| b.len()).sum();
+        self.context
+            .metrics
+            .read_bytes
+            .fetch_add(read_bytes as u64, Ordering::Relaxed);
+
+        let results = self.context.featurize_batch(reads);
+        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+        let metrics = &self.context.metrics;
+        metrics.failed.fetch_add(failed, Ordering::Relaxed);
+        metrics
+            .featurized
+            .fetch_add(results.len() as u64 - failed, Ordering::Relaxed);
+        Ok(ColumnarValue::Array(to_struct(results)))
+    }
+}
+
+/// Fetches every key of the batch, concurrently. A failed read is a row
+/// outcome, not a query failure: the store's client already retried it.
+fn read_all(
+    location: &Location,
+    keys: &datafusion::arrow::array::StringArray,
+) -> Result<Vec<std::result::Result<bytes::Bytes, String>>> {
+    let keys: Vec<ObjectKey> = keys
+        .iter()
+        .map(|k| ObjectKey::from(k.unwrap_or_default()))
+        .collect();
+    let fetch = async {
+        futures::stream::iter(keys.iter().map(|key| async move {
+            location.read(key).await.map_err(|e| match e {
+                verger_store::StoreError::Access { reason, .. } => reason,
+                other => other.to_string(),
+            })
+        }))
+        .buffered(READ_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+    };
+    // DataFusion calls scalar functions synchronously from its async tasks;
+    // `block_in_place` lets this worker wait on I/O without stalling the runtime.
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|e| DataFusionError::Execution(format!("featurize needs a tokio runtime: {e}")))?;
+    Ok(tokio::task::block_in_place(|| handle.block_on(fetch)))
+}
+
+fn to_struct(results: Vec<std::result::Result<Vec<f32>, (&'static str, String)>>) -> ArrayRef {
+    let mut features = ListBuilder::with_capacity(
+        Float32Builder::with_capacity(results.len() * FEATURE_DIM),
+        results.len(),
+    );
+    let mut stages = StringBuilder::new();
+    let mut reasons = StringBuilder::new();
+    for result in &results {
+        match result {
+            Ok(values) => {
+                features.values().append_slice(values);
+                features.append(true);
+                stages.append_null();
+                reasons.append_null();
+            }
+            Err((stage, reason)) => {
+                features.append(false);
+                stages.append_value(stage);
+                reasons.append_value(reason);
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(features.finish()),
+        Arc::new(stages.finish()),
+        Arc::new(reasons.finish()),
+    ];
+    Arc::new(StructArray::new(result_fields(), columns, None))
+}

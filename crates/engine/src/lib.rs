@@ -1,0 +1,36 @@
+//! The DataFusion glue: verger's stages as query-engine parts.
+//!
+//! - [`image_table`]: the listing of an input location as a streaming table
+//!   `images(path, label, key, size, last_modified_ms, e_tag)`.
+//! - [`featurize`]: the scalar function `featurize(root, key)` that reads,
+//!   decodes, resizes and runs a whole batch of images through the model,
+//!   returning `struct(features, error_stage, error_reason)` per row.
+//! - [`pca`]: the aggregate `pca_fit(features)` (mergeable count, sum and XᵀX,
+//!   so partial fits combine across partitions or executors) and the scalar
+//!   function `pca_project(features, model_json)`.
+//!
+//! This layer stays thin: it converts between Arrow arrays and the plain
+//! crates (`verger-store`, `verger-image`, `verger-model`, `verger-pca`) and
+//! holds no pipeline logic of its own. Those crates must never depend on it.
+
+pub mod featurize;
+pub mod image_table;
+pub mod metrics;
+pub mod pca;
+
+use std::sync::Arc;
+
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
+
+pub use featurize::{FeaturizeContext, FeaturizeUdf, featurize_result_type};
+pub use image_table::{ImageTable, image_table_schema};
+pub use metrics::{StageMetrics, StageTimes};
+pub use pca::{PcaFitUdaf, PcaProjectUdf};
+
+/// Registers verger's functions on a session (a client's, or an executor's).
+pub fn register_functions(ctx: &SessionContext, featurize: Arc<FeaturizeContext>) {
+    ctx.register_udf(ScalarUDF::from(FeaturizeUdf::new(featurize)));
+    ctx.register_udf(ScalarUDF::from(PcaProjectUdf::new()));
+    ctx.register_udaf(AggregateUDF::from(PcaFitUdaf::new()));
+}

@@ -1,0 +1,540 @@
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use image::codecs::jpeg::JpegEncoder;
+use image::{
+    DynamicImage, GrayImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba,
+    RgbaImage,
+};
+
+use super::*;
+
+const SIDE: usize = INPUT_SIZE as usize;
+
+fn norm(v: u8) -> f32 {
+    f32::from(v) / 127.5 - 1.0
+}
+
+/// Value of `plane` (0 = R, 1 = G, 2 = B) at column `x`, row `y`.
+fn at(t: &[f32], plane: usize, x: usize, y: usize) -> f32 {
+    t[plane * PLANE_LEN + y * SIDE + x]
+}
+
+fn plane(t: &[f32], p: usize) -> &[f32] {
+    &t[p * PLANE_LEN..(p + 1) * PLANE_LEN]
+}
+
+fn png(img: &DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn jpeg(img: &DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, 100)
+        .encode_image(img)
+        .unwrap();
+    out
+}
+
+fn gradient(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 255 / w.max(2).saturating_sub(1).max(1)).min(255) as u8,
+            (y * 255 / h.max(2).saturating_sub(1).max(1)).min(255) as u8,
+            ((x + y) % 256) as u8,
+        ])
+    })
+}
+
+fn run(bytes: &[u8]) -> Result<Vec<f32>, ImageError> {
+    preprocess(bytes, &PreprocessConfig::default())
+}
+
+fn assert_close(actual: f32, expected: f32, tol: f32, what: &str) {
+    assert!(
+        (actual - expected).abs() <= tol,
+        "{what}: got {actual}, expected {expected} ± {tol}"
+    );
+}
+
+// --- hand-made PNG pieces -------------------------------------------------
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+fn ihdr(width: u32, height: u32, bit_depth: u8, color_type: u8) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(&width.to_be_bytes());
+    d.extend_from_slice(&height.to_be_bytes());
+    d.extend_from_slice(&[bit_depth, color_type, 0, 0, 0]);
+    d
+}
+
+/// zlib stream made of one stored (uncompressed) deflate block.
+fn stored_zlib(data: &[u8]) -> Vec<u8> {
+    let len = data.len() as u16;
+    let mut out = vec![0x78, 0x01, 0x01];
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(data);
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in data {
+        a = (a + u32::from(byte)) % 65521;
+        b = (b + a) % 65521;
+    }
+    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    out
+}
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+#[test]
+fn crc32_helper_matches_known_value() {
+    // The hand-made PNGs below are only meaningful if the CRC is right.
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+}
+
+// --- error cases ----------------------------------------------------------
+
+#[test]
+fn zero_bytes_is_empty() {
+    let err = run(&[]).unwrap_err();
+    assert!(matches!(err, ImageError::Empty), "{err:?}");
+    assert_eq!(err.kind(), "empty");
+    assert_eq!(err.to_string(), "empty file (0 bytes)");
+}
+
+#[test]
+fn random_bytes_are_unknown_format() {
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 56) as u8
+        })
+        .collect();
+    assert!(!bytes.starts_with(&[0xFF, 0xD8]) && !bytes.starts_with(b"\x89PNG"));
+    let err = run(&bytes).unwrap_err();
+    assert!(matches!(err, ImageError::UnknownFormat), "{err:?}");
+    assert_eq!(err.kind(), "unknown_format");
+    assert_eq!(
+        err.to_string(),
+        "not a recognised image format (expected JPEG or PNG)"
+    );
+}
+
+#[test]
+fn formats_other_than_jpeg_and_png_are_unknown() {
+    // A real GIF header: the image crate recognises it, this crate must not.
+    let err = run(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap_err();
+    assert!(matches!(err, ImageError::UnknownFormat), "{err:?}");
+}
+
+#[test]
+fn truncated_png_is_decode_error() {
+    let bytes = png(&DynamicImage::ImageRgb8(gradient(64, 64)));
+    let err = run(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(matches!(err, ImageError::Decode(_)), "{err:?}");
+    assert_eq!(err.kind(), "decode");
+    let text = err.to_string();
+    assert!(text.starts_with("corrupt or truncated image: "), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+}
+
+#[test]
+fn truncated_jpeg_never_panics_and_is_reported() {
+    let bytes = jpeg(&DynamicImage::ImageRgb8(gradient(64, 64)));
+    for cut in [bytes.len() / 2, 200, 4] {
+        let res = run(&bytes[..cut]);
+        let err = res.expect_err("a truncated JPEG must not decode as if whole");
+        assert!(
+            matches!(err, ImageError::Decode(_)),
+            "cut at {cut}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn png_header_claiming_50000_squared_is_refused_fast() {
+    let mut bytes = PNG_SIGNATURE.to_vec();
+    png_chunk(&mut bytes, b"IHDR", &ihdr(50_000, 50_000, 8, 2));
+    png_chunk(&mut bytes, b"IEND", &[]);
+    let started = Instant::now();
+    let err = run(&bytes).unwrap_err();
+    let took = started.elapsed();
+    match err {
+        ImageError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        } => assert_eq!((width, height, max_pixels), (50_000, 50_000, 64_000_000)),
+        ref other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(err.kind(), "too_large");
+    assert_eq!(
+        err.to_string(),
+        "image is 50000x50000 pixels, over the limit of 64000000 pixels"
+    );
+    assert!(took < Duration::from_millis(200), "took {took:?}");
+}
+
+#[test]
+fn jpeg_header_claiming_huge_dimensions_is_too_large() {
+    // SOI, an APP0 to skip over, then SOF0 for 60000x40000, no scan data.
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0xAA, 0xBB];
+    bytes.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08]);
+    bytes.extend_from_slice(&40_000u16.to_be_bytes());
+    bytes.extend_from_slice(&60_000u16.to_be_bytes());
+    bytes.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+    let err = run(&bytes).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 60_000,
+                height: 40_000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn max_pixels_is_configurable() {
+    let bytes = png(&DynamicImage::ImageRgb8(gradient(100, 100)));
+    let cfg = PreprocessConfig {
+        max_pixels: 9_999,
+        ..PreprocessConfig::default()
+    };
+    let err = preprocess(&bytes, &cfg).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 100,
+                height: 100,
+                max_pixels: 9_999
+            }
+        ),
+        "{err:?}"
+    );
+    let cfg = PreprocessConfig {
+        max_pixels: 10_000,
+        ..PreprocessConfig::default()
+    };
+    assert!(preprocess(&bytes, &cfg).is_ok());
+}
+
+#[test]
+fn memory_budget_is_enforced() {
+    // 100x100 RGB needs 30 000 bytes decoded.
+    let bytes = png(&DynamicImage::ImageRgb8(gradient(100, 100)));
+    let cfg = PreprocessConfig {
+        max_alloc_bytes: 20_000,
+        ..PreprocessConfig::default()
+    };
+    let err = preprocess(&bytes, &cfg).unwrap_err();
+    assert_eq!(err.kind(), "too_large", "{err:?}");
+    assert!(err.to_string().contains("20000 bytes"), "{err}");
+}
+
+#[test]
+fn kinds_are_stable_tags() {
+    let cases = [
+        (ImageError::Empty, "empty"),
+        (ImageError::UnknownFormat, "unknown_format"),
+        (ImageError::Decode("x".into()), "decode"),
+        (
+            ImageError::TooLarge {
+                width: 1,
+                height: 1,
+                max_pixels: 0,
+            },
+            "too_large",
+        ),
+        (
+            ImageError::OverMemoryLimit { max_alloc_bytes: 1 },
+            "too_large",
+        ),
+        (ImageError::Unsupported("x".into()), "unsupported"),
+    ];
+    for (err, kind) in cases {
+        assert_eq!(err.kind(), kind, "{err:?}");
+    }
+}
+
+// --- pixel pipeline -------------------------------------------------------
+
+#[test]
+fn png_at_input_size_passes_through_exactly() {
+    // No resampling happens at 224x224, so every value is checkable: this
+    // pins RGB order, NCHW planar layout, row-major order and the formula.
+    let img = gradient(INPUT_SIZE, INPUT_SIZE);
+    let t = run(&png(&DynamicImage::ImageRgb8(img.clone()))).unwrap();
+    assert_eq!(t.len(), TENSOR_LEN);
+    for (x, y, px) in img.enumerate_pixels() {
+        for c in 0..3 {
+            assert_eq!(
+                at(&t, c, x as usize, y as usize),
+                norm(px[c]),
+                "channel {c} at ({x},{y})"
+            );
+        }
+    }
+}
+
+#[test]
+fn preprocess_and_preprocess_into_agree() {
+    let bytes = jpeg(&DynamicImage::ImageRgb8(gradient(300, 200)));
+    let a = run(&bytes).unwrap();
+    let mut b = vec![f32::NAN; TENSOR_LEN];
+    preprocess_into(&bytes, &PreprocessConfig::default(), &mut b).unwrap();
+    assert_eq!(a, b);
+    assert!(a.iter().all(|v| (-1.0..=1.0).contains(v)));
+}
+
+#[test]
+fn uniform_gray_normalises_to_the_same_value_everywhere() {
+    let expected = 128.0f32 / 127.5 - 1.0;
+    let img = RgbImage::from_pixel(300, 170, Rgb([128, 128, 128]));
+    let t = run(&png(&DynamicImage::ImageRgb8(img))).unwrap();
+    for (i, &v) in t.iter().enumerate() {
+        assert_eq!(v, expected, "index {i}");
+    }
+}
+
+#[test]
+fn one_by_one_image_fills_the_whole_tensor() {
+    let img = RgbImage::from_pixel(1, 1, Rgb([10, 20, 30]));
+    let t = run(&png(&DynamicImage::ImageRgb8(img))).unwrap();
+    for (p, v) in [10u8, 20, 30].into_iter().enumerate() {
+        assert!(plane(&t, p).iter().all(|&x| x == norm(v)), "plane {p}");
+    }
+}
+
+#[test]
+fn left_red_right_blue_lands_in_the_right_planes() {
+    let img = RgbImage::from_fn(100, 50, |x, _| {
+        if x < 50 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    let t = run(&png(&DynamicImage::ImageRgb8(img))).unwrap();
+    for y in [0, 100, SIDE - 1] {
+        // Left edge: red.
+        assert_eq!(at(&t, 0, 0, y), 1.0);
+        assert_eq!(at(&t, 1, 0, y), -1.0);
+        assert_eq!(at(&t, 2, 0, y), -1.0);
+        // Right edge: blue.
+        assert_eq!(at(&t, 0, SIDE - 1, y), -1.0);
+        assert_eq!(at(&t, 1, SIDE - 1, y), -1.0);
+        assert_eq!(at(&t, 2, SIDE - 1, y), 1.0);
+    }
+    assert!(plane(&t, 1).iter().all(|&v| v == -1.0), "green is empty");
+}
+
+#[test]
+fn jpeg_colours_survive() {
+    let img = RgbImage::from_fn(64, 64, |x, _| {
+        if x < 32 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    let t = run(&jpeg(&DynamicImage::ImageRgb8(img))).unwrap();
+    // JPEG is lossy and subsamples chroma: allow a few levels.
+    let tol = 12.0 / 127.5;
+    assert_close(at(&t, 0, 10, 112), 1.0, tol, "R left");
+    assert_close(at(&t, 2, 10, 112), -1.0, tol, "B left");
+    assert_close(at(&t, 0, 210, 112), -1.0, tol, "R right");
+    assert_close(at(&t, 2, 210, 112), 1.0, tol, "B right");
+}
+
+fn assert_gray_planes(t: &[f32]) {
+    assert_eq!(plane(t, 0), plane(t, 1));
+    assert_eq!(plane(t, 1), plane(t, 2));
+}
+
+#[test]
+fn grayscale_png_gives_identical_planes() {
+    let img = GrayImage::from_fn(90, 60, |x, y| Luma([((x * 3 + y) % 256) as u8]));
+    let t = run(&png(&DynamicImage::ImageLuma8(img))).unwrap();
+    assert_gray_planes(&t);
+    assert!(
+        plane(&t, 0).iter().any(|&v| v != plane(&t, 0)[0]),
+        "the gradient must survive"
+    );
+}
+
+#[test]
+fn grayscale_jpeg_gives_identical_planes() {
+    let img = GrayImage::from_fn(90, 60, |x, y| Luma([((x * 3 + y) % 256) as u8]));
+    let t = run(&jpeg(&DynamicImage::ImageLuma8(img))).unwrap();
+    assert_gray_planes(&t);
+}
+
+#[test]
+fn sixteen_bit_png_is_scaled_to_eight_bit() {
+    // 0x8080 is exactly 128 * 257.
+    let img: ImageBuffer<Rgb<u16>, Vec<u16>> =
+        ImageBuffer::from_pixel(10, 10, Rgb([0xFFFF, 0x8080, 0]));
+    let t = run(&png(&DynamicImage::ImageRgb16(img))).unwrap();
+    assert!(plane(&t, 0).iter().all(|&v| v == 1.0));
+    assert!(plane(&t, 1).iter().all(|&v| v == norm(128)));
+    assert!(plane(&t, 2).iter().all(|&v| v == -1.0));
+}
+
+#[test]
+fn transparent_rgba_pixel_becomes_white() {
+    // Left pixel: fully transparent *black*; dropping alpha would leave it
+    // black, compositing over white makes it white.
+    let mut img = RgbaImage::new(2, 1);
+    img.put_pixel(0, 0, Rgba([0, 0, 0, 0]));
+    img.put_pixel(1, 0, Rgba([0, 0, 255, 255]));
+    let t = run(&png(&DynamicImage::ImageRgba8(img))).unwrap();
+    for p in 0..3 {
+        assert_eq!(at(&t, p, 0, 0), 1.0, "plane {p} left");
+    }
+    assert_eq!(at(&t, 0, SIDE - 1, 0), -1.0);
+    assert_eq!(at(&t, 2, SIDE - 1, 0), 1.0);
+}
+
+#[test]
+fn half_transparent_pixel_is_blended_with_white() {
+    let img = RgbaImage::from_pixel(4, 4, Rgba([0, 0, 0, 128]));
+    let t = run(&png(&DynamicImage::ImageRgba8(img))).unwrap();
+    // 0·128/255 + 255·127/255 = 127.
+    assert!(t.iter().all(|&v| v == norm(127)));
+}
+
+#[test]
+fn transparent_gray_alpha_and_16_bit_alpha_become_white() {
+    let la = ImageBuffer::<LumaA<u8>, _>::from_pixel(3, 3, LumaA([0, 0]));
+    let t = run(&png(&DynamicImage::ImageLumaA8(la))).unwrap();
+    assert!(t.iter().all(|&v| v == 1.0));
+
+    let rgba16 = ImageBuffer::<Rgba<u16>, _>::from_pixel(3, 3, Rgba([0, 0, 0, 0]));
+    let t = run(&png(&DynamicImage::ImageRgba16(rgba16))).unwrap();
+    assert!(t.iter().all(|&v| v == 1.0));
+
+    let opaque16 = ImageBuffer::<Rgba<u16>, _>::from_pixel(3, 3, Rgba([0, 0xFFFF, 0, 0xFFFF]));
+    let t = run(&png(&DynamicImage::ImageRgba16(opaque16))).unwrap();
+    assert!(plane(&t, 0).iter().all(|&v| v == -1.0));
+    assert!(plane(&t, 1).iter().all(|&v| v == 1.0));
+}
+
+#[test]
+fn palette_png_with_transparency_works() {
+    // 2x1, 8-bit indexed: index 0 is transparent black, index 1 opaque blue.
+    let mut bytes = PNG_SIGNATURE.to_vec();
+    png_chunk(&mut bytes, b"IHDR", &ihdr(2, 1, 8, 3));
+    png_chunk(&mut bytes, b"PLTE", &[0, 0, 0, 0, 0, 255]);
+    png_chunk(&mut bytes, b"tRNS", &[0]);
+    png_chunk(&mut bytes, b"IDAT", &stored_zlib(&[0, 0, 1]));
+    png_chunk(&mut bytes, b"IEND", &[]);
+    let t = run(&bytes).unwrap();
+    for p in 0..3 {
+        assert_eq!(at(&t, p, 0, 5), 1.0, "plane {p}: transparent -> white");
+    }
+    assert_eq!(at(&t, 0, SIDE - 1, 5), -1.0);
+    assert_eq!(at(&t, 1, SIDE - 1, 5), -1.0);
+    assert_eq!(at(&t, 2, SIDE - 1, 5), 1.0);
+}
+
+/// APP1 segment holding a little-endian TIFF with a single Orientation tag.
+fn exif_orientation_segment(orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes()); // IFD0 offset
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]); // value padding
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no IFD1
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&tiff);
+    let mut seg = vec![0xFF, 0xE1];
+    seg.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    seg.extend_from_slice(&payload);
+    seg
+}
+
+#[test]
+fn exif_orientation_6_rotates_clockwise() {
+    // 2:1 landscape, red on the left. Orientation 6 means "rotate 90° CW to
+    // display", which brings the left side to the top.
+    let img = RgbImage::from_fn(128, 64, |x, _| {
+        if x < 64 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    let plain = jpeg(&DynamicImage::ImageRgb8(img));
+    let mut rotated = plain[..2].to_vec();
+    rotated.extend_from_slice(&exif_orientation_segment(6));
+    rotated.extend_from_slice(&plain[2..]);
+
+    let tol = 12.0 / 127.5;
+    let t = run(&rotated).unwrap();
+    assert_close(at(&t, 0, 112, 10), 1.0, tol, "top is red");
+    assert_close(at(&t, 2, 112, 10), -1.0, tol, "top is not blue");
+    assert_close(at(&t, 0, 112, 213), -1.0, tol, "bottom is not red");
+    assert_close(at(&t, 2, 112, 213), 1.0, tol, "bottom is blue");
+
+    // Control: the same pixels without the EXIF segment stay side by side.
+    let t = run(&plain).unwrap();
+    assert_close(at(&t, 0, 10, 112), 1.0, tol, "unrotated left is red");
+    assert_close(at(&t, 2, 213, 112), 1.0, tol, "unrotated right is blue");
+}
+
+#[test]
+fn resizer_is_reusable_across_sizes_on_one_thread() {
+    // The thread-local resizer must not carry state from one image into the
+    // next: same bytes, same tensor, whatever came in between.
+    let a = png(&DynamicImage::ImageRgb8(gradient(500, 80)));
+    let b = jpeg(&DynamicImage::ImageRgb8(gradient(33, 700)));
+    let first = run(&a).unwrap();
+    run(&b).unwrap();
+    assert_eq!(run(&a).unwrap(), first);
+}
+
+#[test]
+fn header_parsers_read_dimensions() {
+    let p = png(&DynamicImage::ImageRgb8(gradient(123, 45)));
+    assert_eq!(header_dimensions(&p, ImageFormat::Png), Some((123, 45)));
+    let j = jpeg(&DynamicImage::ImageRgb8(gradient(123, 45)));
+    assert_eq!(header_dimensions(&j, ImageFormat::Jpeg), Some((123, 45)));
+    assert_eq!(header_dimensions(&j[..10], ImageFormat::Jpeg), None);
+}

@@ -1,0 +1,140 @@
+//! The result a run leaves behind, and how it is committed.
+//!
+//! This crate owns the output layout under `--output`:
+//!
+//! ```text
+//! features/part-*.parquet   path, label, features list<float32>(1280), pca list<float64>(k)
+//! errors/part-*.parquet     path, label, stage, reason
+//! pca_model.json            the fitted PCA (components, mean, explained variance, k, n)
+//! run.json                  counts, parameters, timings, model sha256, engine, versions
+//! _SUCCESS                  written last: its presence means the rest is complete
+//! _staging/                 features before projection; removed before _SUCCESS
+//! ```
+//!
+//! It writes Parquet with `parquet`'s async Arrow writer straight to the
+//! store, in bounded row groups so memory stays flat, and enforces the commit
+//! protocol: an existing result is refused unless overwriting, an overwrite
+//! removes `_SUCCESS` first and then every older file, and `_SUCCESS` comes
+//! last. It knows nothing about images, the model or DataFusion.
+
+mod parts;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use verger_store::{Location, StoreError};
+
+pub use parts::{PartWriter, WrittenParts};
+
+pub const FEATURES_DIR: &str = "features";
+pub const ERRORS_DIR: &str = "errors";
+pub const STAGING_DIR: &str = "_staging";
+pub const PCA_MODEL_FILE: &str = "pca_model.json";
+pub const RUN_FILE: &str = "run.json";
+pub const SUCCESS_FILE: &str = "_SUCCESS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error(
+        "output {location} already holds {objects} file(s) (e.g. {example}); \
+         pass --overwrite to replace them, or choose another --output"
+    )]
+    NotEmpty {
+        location: String,
+        objects: usize,
+        example: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write Parquet to {target}: {reason}")]
+    Parquet { target: String, reason: String },
+    #[error("cannot encode {file}: {reason}")]
+    Encode { file: String, reason: String },
+}
+
+/// `list<item: T>`, the layout pandas, Spark and DuckDB all read as arrays.
+pub fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(item, true)))
+}
+
+/// Rows of the staging area: features before projection.
+pub fn staged_features_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("features", list_of(DataType::Float32), false),
+    ]))
+}
+
+/// Rows of `features/`: the final result.
+pub fn features_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("features", list_of(DataType::Float32), false),
+        Field::new("pca", list_of(DataType::Float64), false),
+    ]))
+}
+
+/// Rows of `errors/`: one per input that could not be turned into features.
+pub fn errors_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]))
+}
+
+/// The output location of one run, prepared for writing.
+#[derive(Debug, Clone)]
+pub struct OutputDir {
+    location: Location,
+}
+
+impl OutputDir {
+    /// Refuses a location that already holds anything unless `overwrite`; with
+    /// it, removes `_SUCCESS` first (so no reader trusts a half-replaced
+    /// result) and then every other object.
+    pub async fn prepare(location: Location, overwrite: bool) -> Result<Self, OutputError> {
+        let existing = location.list_keys("").await?;
+        if !existing.is_empty() {
+            if !overwrite {
+                return Err(OutputError::NotEmpty {
+                    location: location.display_root().to_string(),
+                    objects: existing.len(),
+                    example: location.display_key(&existing[0]),
+                });
+            }
+            location.delete(&location.key(SUCCESS_FILE)).await?;
+            let removed = location.delete_all("").await?;
+            tracing::info!(removed, output = location.display_root(), "removed the previous result");
+        }
+        Ok(OutputDir { location })
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Writes a JSON document (pretty, so people can read it).
+    pub async fn write_json<T: serde::Serialize>(&self, file: &str, value: &T) -> Result<(), OutputError> {
+        let text = serde_json::to_vec_pretty(value).map_err(|e| OutputError::Encode {
+            file: file.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.location.write(file, text).await?;
+        Ok(())
+    }
+
+    pub async fn remove_staging(&self) -> Result<(), OutputError> {
+        self.location.delete_all(STAGING_DIR).await?;
+        Ok(())
+    }
+
+    /// The last write of a run.
+    pub async fn commit(&self) -> Result<(), OutputError> {
+        self.location.write(SUCCESS_FILE, Vec::<u8>::new()).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! `verger bench`: the pipeline against the bare model, measured in one run.
+//!
+//! The machine is shared and CPUs differ, so the headline is a ratio taken in
+//! one go: end-to-end images/s of a real `verger run` (a child process, so its
+//! peak RSS is its own) over the *model-only ceiling* (batched inference on
+//! tensors prepared beforehand, same engine, same threads, same batch size).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use verger_model::{EngineChoice, EngineConfig, INPUT_LEN, SharedModel};
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// The images to repeat (the shared sample by default).
+    pub dataset: PathBuf,
+    /// Sizes to run, e.g. `[2000, 20000]` to show memory stays flat.
+    pub image_counts: Vec<usize>,
+    pub engines: Vec<EngineChoice>,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub model: Option<PathBuf>,
+    pub ort_library: Option<PathBuf>,
+    /// Where the repeated inputs and outputs go (a temporary folder by default).
+    pub work_dir: Option<PathBuf>,
+    /// Batches timed for the ceiling.
+    pub ceiling_batches: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRates {
+    pub list: f64,
+    pub read: f64,
+    pub decode_resize: f64,
+    pub inference: f64,
+    pub pca_fit: f64,
+    pub write: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub engine: String,
+    pub images: usize,
+    pub ceiling_images_per_s: f64,
+    pub end_to_end_images_per_s: f64,
+    pub ratio: f64,
+    pub wall_s: f64,
+    pub peak_rss_mib: f64,
+    pub stage_images_per_s: StageRates,
+    pub errors: u64,
+}
+
+/// Runs the benchmark and returns one row per (engine, size).
+pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
+    let sample = sample_images(&config.dataset)?;
+    if sample.is_empty() {
+        bail!("no .jpg images under {}", config.dataset.display());
+    }
+    let work = match &config.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            tempfile::Builder::new().prefix("verger-bench-").tempdir_in(dir)?
+        }
+        None => tempfile::Builder::new().prefix("verger-bench-").tempdir()?,
+    };
+    let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
+    let mut rows = Vec::new();
+    for &engine in &config.engines {
+        let engine_config = EngineConfig {
+            choice: engine,
+            threads: config.threads,
+            ort_library: config.ort_library.clone(),
+            batch_size: config.batch_size,
+        };
+        let model = SharedModel::load(&model_path, &engine_config)?;
+        let ceiling = model_ceiling(&model, &sample, config.batch_size, config.ceiling_batches)?;
+        eprintln!(
+            "bench: {} model-only ceiling {ceiling:.1} images/s (batch {}, {} threads)",
+            model.engine_name(),
+            config.batch_size,
+            config.threads
+        );
+        for &count in &config.image_counts {
+            let input = work.path().join(format!("input-{count}"));
+            if !input.exists() {
+                repeat_sample(&sample, &config.dataset, &input, count)?;
+            }
+            let output = work.path().join(format!("output-{}-{count}", model.engine_name()));
+            let measured = run_child(verger_exe, config, engine, &model_path, &input, &output)?;
+            let row = to_row(model.engine_name(), count, ceiling, &measured)?;
+            eprintln!(
+                "bench: {} {count} images: {:.1} images/s end to end = {:.1}% of the ceiling, peak RSS {:.0} MiB",
+                row.engine,
+                row.end_to_end_images_per_s,
+                row.ratio * 100.0,
+                row.peak_rss_mib
+            );
+            rows.push(row);
+            std::fs::remove_dir_all(&output).ok();
+        }
+    }
+    Ok(rows)
+}
+
+fn sample_images(dataset: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dataset.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// `count` inputs as symlinks to the sample, keeping each image's label folder.
+fn repeat_sample(sample: &[PathBuf], dataset: &Path, target: &Path, count: usize) -> Result<()> {
+    for i in 0..count {
+        let source = &sample[i % sample.len()];
+        let relative = source.strip_prefix(dataset).unwrap_or(source);
+        let copy = target
+            .join(format!("rep{:04}", i / sample.len()))
+            .join(relative);
+        std::fs::create_dir_all(copy.parent().expect("has a parent"))?;
+        std::os::unix::fs::symlink(source, &copy)
+            .with_context(|| format!("cannot link {}", copy.display()))?;
+    }
+    Ok(())
+}
+
+/// Batched inference on prepared tensors: what the engine alone can do.
+fn model_ceiling(model: &SharedModel, sample: &[PathBuf], batch: usize, batches: usize) -> Result<f64> {
+    let mut tensor = vec![0f32; batch * INPUT_LEN];
+    for (i, chunk) in tensor.chunks_mut(INPUT_LEN).enumerate() {
+        let bytes = std::fs::read(&sample[i % sample.len()])?;
+        verger_image::preprocess_into(&bytes, &Default::default(), chunk)?;
+    }
+    model.features(&tensor, batch)?; // warm-up
+    let started = Instant::now();
+    for _ in 0..batches.max(1) {
+        model.features(&tensor, batch)?;
+    }
+    Ok((batches.max(1) * batch) as f64 / started.elapsed().as_secs_f64())
+}
+
+struct ChildRun {
+    wall_s: f64,
+    peak_rss_kib: i64,
+    report: serde_json::Value,
+}
+
+fn run_child(
+    exe: &Path,
+    config: &BenchConfig,
+    engine: EngineChoice,
+    model_path: &Path,
+    input: &Path,
+    output: &Path,
+) -> Result<ChildRun> {
+    let engine_name = match engine {
+        EngineChoice::Auto => "auto",
+        EngineChoice::Ort => "ort",
+        EngineChoice::Tract => "tract",
+    };
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("run")
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .arg("--overwrite")
+        .args(["--progress", "off", "--engine", engine_name])
+        .arg("--batch-size")
+        .arg(config.batch_size.to_string())
+        .arg("--threads")
+        .arg(config.threads.to_string())
+        .arg("--model")
+        .arg(model_path);
+    if let Some(lib) = &config.ort_library {
+        command.arg("--ort-lib").arg(lib);
+    }
+    let started = Instant::now();
+    let status = command.status().context("cannot start verger run")?;
+    let wall_s = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("verger run failed during the benchmark ({status})");
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output.join(verger_output::RUN_FILE))?)?;
+    Ok(ChildRun {
+        wall_s,
+        peak_rss_kib: children_peak_rss_kib(),
+        report,
+    })
+}
+
+/// The largest resident set of any child waited for so far (Linux reports KiB).
+/// Each size runs after the smaller ones, so growth shows as a larger figure.
+fn children_peak_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage.ru_maxrss
+    }
+}
+
+fn to_row(engine: &str, images: usize, ceiling: f64, run: &ChildRun) -> Result<BenchRow> {
+    let number = |pointer: &str| {
+        run.report
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("run.json lacks {pointer}"))
+    };
+    let n = images as f64;
+    let rate = |seconds: f64| if seconds > 0.0 { n / seconds } else { f64::INFINITY };
+    // The run's own total excludes process start; the wall time includes it.
+    let end_to_end = n / run.wall_s;
+    Ok(BenchRow {
+        engine: engine.to_string(),
+        images,
+        ceiling_images_per_s: ceiling,
+        end_to_end_images_per_s: end_to_end,
+        ratio: end_to_end / ceiling,
+        wall_s: run.wall_s,
+        peak_rss_mib: run.peak_rss_kib as f64 / 1024.0,
+        stage_images_per_s: StageRates {
+            list: rate(number("/timings/stages/list_s")?),
+            read: rate(number("/timings/stages/read_s")?),
+            decode_resize: rate(number("/timings/stages/decode_resize_s")?),
+            inference: rate(number("/timings/stages/inference_s")?),
+            pca_fit: rate(number("/timings/pca_fit_s")?),
+            write: rate(number("/timings/project_write_s")?),
+        },
+        errors: number("/counts/errors")? as u64,
+    })
+}
+
+/// A Markdown table of the rows, for the terminal and for notes.
+pub fn table(rows: &[BenchRow]) -> String {
+    let mut out = String::from(
+        "| engine | images | ceiling img/s | end-to-end img/s | ratio | peak RSS MiB | list | read | decode+resize | inference | PCA fit | write |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let s = &r.stage_images_per_s;
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1}% | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |\n",
+            r.engine,
+            r.images,
+            r.ceiling_images_per_s,
+            r.end_to_end_images_per_s,
+            r.ratio * 100.0,
+            r.peak_rss_mib,
+            s.list,
+            s.read,
+            s.decode_resize,
+            s.inference,
+            s.pca_fit,
+            s.write
+        ));
+    }
+    out
+}

@@ -1,0 +1,404 @@
+//! `verger run`: list → featurize → fit PCA → project → commit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{filter, is_not_null, not};
+use datafusion::common::ScalarValue;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::Partitioning;
+use datafusion::physical_plan::execute_stream_partitioned;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, col, lit};
+use futures::StreamExt;
+use verger_engine::{FeaturizeContext, ImageTable, StageMetrics};
+use verger_image::PreprocessConfig;
+use verger_model::{EngineChoice, EngineConfig, SharedModel};
+use verger_output::{
+    ERRORS_DIR, FEATURES_DIR, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE, STAGING_DIR,
+    errors_schema, features_schema, staged_features_schema,
+};
+use verger_store::{Location, NameFilter, StoreKind};
+
+use crate::progress::{Progress, ProgressMode};
+use crate::report::{Counts, ModelInfo, Parameters, RunReport, Timings, Versions};
+
+/// Everything a run needs to know; the CLI fills it from flags and environment.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub input: String,
+    pub output: String,
+    pub glob: String,
+    pub k: usize,
+    pub center: bool,
+    pub model: Option<PathBuf>,
+    pub engine: EngineChoice,
+    pub ort_library: Option<PathBuf>,
+    pub batch_size: usize,
+    /// Threads inside one inference call.
+    pub threads: usize,
+    /// Parallel tasks (DataFusion partitions) reading and decoding images.
+    pub partitions: usize,
+    pub overwrite: bool,
+    pub max_errors: Option<u64>,
+    pub max_pixels: u64,
+    pub progress: ProgressMode,
+}
+
+impl RunConfig {
+    /// Defaults for one machine: every core, batches of 32.
+    pub fn new(input: impl Into<String>, output: impl Into<String>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        RunConfig {
+            input: input.into(),
+            output: output.into(),
+            glob: "*.jpg".into(),
+            k: 5,
+            center: false,
+            model: None,
+            engine: EngineChoice::Auto,
+            ort_library: None,
+            batch_size: 32,
+            threads: cores,
+            partitions: cores,
+            overwrite: false,
+            max_errors: None,
+            max_pixels: PreprocessConfig::default().max_pixels,
+            progress: ProgressMode::Auto,
+        }
+    }
+}
+
+/// Runs the whole job and returns its report (also written as `run.json`).
+pub async fn run(config: &RunConfig) -> Result<RunReport> {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now().to_rfc3339();
+    if config.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let filter = NameFilter::new(&config.glob)?;
+    let input = Location::parse(&config.input).context("cannot open --input")?;
+    let output_location =
+        Location::parse_for_output(&config.output).context("cannot open --output")?;
+    let output = OutputDir::prepare(output_location.clone(), config.overwrite).await?;
+
+    let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
+    let load_started = Instant::now();
+    let engine_config = EngineConfig {
+        choice: config.engine,
+        threads: config.threads,
+        ort_library: config.ort_library.clone(),
+        batch_size: config.batch_size,
+    };
+    let model = tokio::task::spawn_blocking(move || SharedModel::load(&model_path, &engine_config))
+        .await??;
+    let model_load_s = load_started.elapsed().as_secs_f64();
+
+    let metrics = Arc::new(StageMetrics::default());
+    let preprocess = PreprocessConfig {
+        max_pixels: config.max_pixels,
+        ..PreprocessConfig::default()
+    };
+    let featurize = Arc::new(FeaturizeContext::new(model.clone(), preprocess, metrics.clone()));
+    featurize.add_location(input.clone());
+    let ctx = session(config, &output_location)?;
+    verger_engine::register_functions(&ctx, featurize);
+    let table = ImageTable::new(input.clone(), filter, config.batch_size, metrics.clone());
+    ctx.register_table("images", Arc::new(table.into_table()?))?;
+
+    // 1. featurize
+    let phase = Instant::now();
+    let progress = Progress::start(config.progress, metrics.clone());
+    let featurized = featurize_phase(&ctx, config, &input, &output).await;
+    progress.finish().await;
+    let (staged_rows, error_rows, error_summary) = featurized?;
+    let featurize_s = phase.elapsed().as_secs_f64();
+    let listed = metrics.listed.load(Ordering::Relaxed);
+    if listed == 0 {
+        output.remove_staging().await?;
+        bail!(
+            "no files matching {:?} under {}: nothing to do (check --input and --glob)",
+            config.glob,
+            input.display_root()
+        );
+    }
+    if staged_rows + error_rows != listed {
+        bail!(
+            "internal error: {listed} images listed but {staged_rows} featurized + {error_rows} errors; \
+             the output is incomplete and was not committed"
+        );
+    }
+    if staged_rows < 2 {
+        bail!(
+            "only {staged_rows} of {listed} images could be featurized (see {}/{ERRORS_DIR}/): \
+             PCA needs at least 2",
+            output_location.display_root()
+        );
+    }
+
+    // 2. fit
+    let phase = Instant::now();
+    let staged = ctx
+        .read_parquet(
+            output_location.table_url(&format!("{STAGING_DIR}/{FEATURES_DIR}")),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .context("cannot read the staged features back")?;
+    let stats = fit_stats(&ctx, staged.clone()).await?;
+    let pca = verger_pca::fit(&stats, config.k, config.center)?;
+    output.write_json(PCA_MODEL_FILE, &pca).await?;
+    let pca_fit_s = phase.elapsed().as_secs_f64();
+
+    // 3. project and write
+    let phase = Instant::now();
+    let model_json = serde_json::to_string(&pca)?;
+    let projected = staged.select(vec![
+        col("path"),
+        col("label"),
+        col("features"),
+        ctx.udf(verger_engine::PcaProjectUdf::NAME)?
+            .call(vec![col("features"), lit(model_json)])
+            .alias("pca"),
+    ])?;
+    let feature_rows = write_partitions(projected, &output_location, FEATURES_DIR).await?;
+    output.remove_staging().await?;
+    let project_write_s = phase.elapsed().as_secs_f64();
+
+    let counts = Counts {
+        listed,
+        features: feature_rows,
+        errors: error_rows,
+    };
+    if counts.features + counts.errors != counts.listed {
+        bail!("internal error: counts do not add up ({counts:?}); the output was not committed");
+    }
+    let report = RunReport {
+        counts,
+        parameters: Parameters {
+            input: input.display_root().to_string(),
+            output: output_location.display_root().to_string(),
+            glob: config.glob.clone(),
+            k: config.k,
+            center: config.center,
+            batch_size: config.batch_size,
+            partitions: config.partitions,
+            threads: config.threads,
+            max_pixels: config.max_pixels,
+            max_errors: config.max_errors,
+        },
+        model: ModelInfo {
+            path: model.file().path.display().to_string(),
+            sha256: model.file().sha256.clone(),
+            engine: model.engine_name().to_string(),
+        },
+        timings: Timings {
+            model_load_s,
+            featurize_s,
+            pca_fit_s,
+            project_write_s,
+            total_s: started.elapsed().as_secs_f64(),
+            stages: metrics.snapshot(),
+        },
+        explained_variance: pca.explained_variance.clone(),
+        error_summary,
+        versions: Versions {
+            verger: env!("CARGO_PKG_VERSION"),
+            datafusion: datafusion::DATAFUSION_VERSION,
+        },
+        started_at,
+        finished_at: chrono::Utc::now().to_rfc3339(),
+    };
+    output.write_json(RUN_FILE, &report).await?;
+    output.commit().await?;
+    Ok(report)
+}
+
+fn session(config: &RunConfig, output: &Location) -> Result<SessionContext> {
+    let session_config = SessionConfig::new()
+        .with_target_partitions(config.partitions.max(1))
+        .with_batch_size(config.batch_size.max(1))
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config(session_config);
+    // Local folders are read through DataFusion's own file:// store; an S3
+    // output needs the client configured from the environment.
+    if let StoreKind::S3 { .. } = output.kind() {
+        let url = url::Url::parse(output.store_url())?;
+        ctx.register_object_store(&url, output.store().clone());
+    }
+    Ok(ctx)
+}
+
+/// Phase 1: every listed image ends up in exactly one of `_staging/features`
+/// or `errors/`. Returns (featurized rows, error rows, error summary).
+async fn featurize_phase(
+    ctx: &SessionContext,
+    config: &RunConfig,
+    input: &Location,
+    output: &OutputDir,
+) -> Result<(u64, u64, Vec<(String, u64)>)> {
+    let featurize = ctx.udf(verger_engine::FeaturizeUdf::NAME)?;
+    let frame = ctx
+        .table("images")
+        .await?
+        .repartition(Partitioning::RoundRobinBatch(config.partitions.max(1)))?
+        .select(vec![
+            col("path"),
+            col("label"),
+            featurize
+                .call(vec![lit(ScalarValue::from(input.display_root())), col("key")])
+                .alias("result"),
+        ])?;
+    let plan = frame.create_physical_plan().await?;
+    tracing::debug!(
+        "featurize plan:\n{}",
+        datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+    );
+    let streams = execute_stream_partitioned(plan, ctx.task_ctx())?;
+    let errors_so_far = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (partition, mut stream) in streams.into_iter().enumerate() {
+        let location = output.location().clone();
+        let errors_so_far = errors_so_far.clone();
+        let max_errors = config.max_errors;
+        tasks.spawn(async move {
+            let prefix = format!("part-{partition:03}");
+            let staging_dir = format!("{STAGING_DIR}/{FEATURES_DIR}");
+            let mut staged = PartWriter::new(&location, &staging_dir, &prefix, staged_features_schema());
+            let mut errors = PartWriter::new(&location, ERRORS_DIR, &prefix, errors_schema());
+            if partition == 0 {
+                errors = errors.keep_empty();
+            }
+            let mut summary: HashMap<String, u64> = HashMap::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let (ok, failed) = split_results(&batch)?;
+                staged.write(&ok).await?;
+                errors.write(&failed).await?;
+                for row in 0..failed.num_rows() {
+                    let stage = failed.column(2).as_string::<i32>().value(row);
+                    let reason = failed.column(3).as_string::<i32>().value(row);
+                    tracing::warn!(path = failed.column(0).as_string::<i32>().value(row), stage, reason, "image skipped");
+                    *summary.entry(format!("{stage}: {}", reason_kind(reason))).or_default() += 1;
+                }
+                let total = errors_so_far.fetch_add(failed.num_rows() as u64, Ordering::SeqCst)
+                    + failed.num_rows() as u64;
+                if let Some(max) = max_errors
+                    && total > max
+                {
+                    errors.finish().await?;
+                    bail!(
+                        "more than --max-errors {max} images failed ({total} so far); stopping. \
+                         The failures are listed in {}/{ERRORS_DIR}/",
+                        location.display_root()
+                    );
+                }
+            }
+            let staged = staged.finish().await?;
+            let errors = errors.finish().await?;
+            anyhow::Ok((staged.rows, errors.rows, summary))
+        });
+    }
+    let (mut staged_rows, mut error_rows) = (0, 0);
+    let mut summary: HashMap<String, u64> = HashMap::new();
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok((staged, errors, part_summary)) => {
+                staged_rows += staged;
+                error_rows += errors;
+                for (kind, count) in part_summary {
+                    *summary.entry(kind).or_default() += count;
+                }
+            }
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let mut summary: Vec<(String, u64)> = summary.into_iter().collect();
+    summary.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    summary.truncate(20);
+    Ok((staged_rows, error_rows, summary))
+}
+
+/// The reason without its per-file details, for grouping ("corrupt or
+/// truncated image: …" → "corrupt or truncated image").
+fn reason_kind(reason: &str) -> &str {
+    reason.split([':', '(']).next().unwrap_or(reason).trim()
+}
+
+/// Splits `featurize` output rows into staged features and error rows.
+fn split_results(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch)> {
+    let result = batch.column(2).as_struct();
+    let (path, label) = (batch.column(0), batch.column(1));
+    let (features, stage, reason) = (result.column(0), result.column(1), result.column(2));
+    let ok_mask = is_not_null(features)?;
+    let failed_mask = not(&ok_mask)?;
+    let pick = |columns: &[&ArrayRef], mask: &BooleanArray| {
+        columns
+            .iter()
+            .map(|column| filter(column, mask))
+            .collect::<std::result::Result<Vec<_>, _>>()
+    };
+    let ok = RecordBatch::try_new(
+        staged_features_schema(),
+        pick(&[path, label, features], &ok_mask)?,
+    )?;
+    let failed = RecordBatch::try_new(
+        errors_schema(),
+        pick(&[path, label, stage, reason], &failed_mask)?,
+    )?;
+    Ok((ok, failed))
+}
+
+async fn fit_stats(ctx: &SessionContext, staged: DataFrame) -> Result<verger_pca::PcaStats> {
+    let pca_fit = ctx.udaf(verger_engine::PcaFitUdaf::NAME)?;
+    let batches = staged
+        .aggregate(vec![], vec![pca_fit.call(vec![col("features")]).alias("stats")])?
+        .collect()
+        .await?;
+    let bytes = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| b.column(0).as_binary::<i32>().value(0).to_vec())
+        .context("pca_fit returned no row")?;
+    Ok(verger_pca::PcaStats::from_bytes(&bytes)?)
+}
+
+/// Executes `frame` with one writer per partition under `dir/`.
+async fn write_partitions(frame: DataFrame, output: &Location, dir: &str) -> Result<u64> {
+    let task_ctx = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    let streams = execute_stream_partitioned(plan, task_ctx)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (partition, mut stream) in streams.into_iter().enumerate() {
+        let output = output.clone();
+        let dir = dir.to_string();
+        tasks.spawn(async move {
+            let mut writer =
+                PartWriter::new(&output, &dir, &format!("part-{partition:03}"), features_schema());
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                let batch = RecordBatch::try_new(features_schema(), batch.columns().to_vec())?;
+                writer.write(&batch).await?;
+            }
+            anyhow::Ok(writer.finish().await?.rows)
+        });
+    }
+    let mut rows = 0;
+    while let Some(joined) = tasks.join_next().await {
+        rows += joined??;
+    }
+    Ok(rows)
+}

@@ -1,0 +1,330 @@
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::StoreError;
+
+/// The default region: the company's data must stay in the EU.
+const DEFAULT_REGION: &str = "eu-west-1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Local,
+    S3 { bucket: String },
+}
+
+/// A folder-like place in a store: a client plus a prefix inside it.
+#[derive(Debug, Clone)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    kind: StoreKind,
+    /// How users see the root: an absolute folder or `s3://bucket/prefix`.
+    display_root: String,
+    /// The URL DataFusion registers the store under (`file:///` or `s3://bucket`).
+    store_url: String,
+}
+
+impl Location {
+    /// Parses `s3://bucket/prefix` or a local folder (created if missing when
+    /// `create` is set, as an output folder is).
+    pub fn parse(location: &str) -> Result<Self, StoreError> {
+        Self::open(location, false)
+    }
+
+    /// Like [`Location::parse`], but creates a missing local folder.
+    pub fn parse_for_output(location: &str) -> Result<Self, StoreError> {
+        Self::open(location, true)
+    }
+
+    fn open(location: &str, create: bool) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidLocation {
+            location: location.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("missing bucket name, expected s3://bucket/prefix"));
+            }
+            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            {
+                builder = builder.with_region(DEFAULT_REGION);
+            }
+            let store = builder
+                .build()
+                .map_err(|e| invalid(&crate::describe(&e)))?;
+            let prefix = Path::parse(prefix.trim_end_matches('/'))
+                .map_err(|e| invalid(&format!("bad prefix: {e}")))?;
+            let display_root = if prefix.as_ref().is_empty() {
+                format!("s3://{bucket}")
+            } else {
+                format!("s3://{bucket}/{prefix}")
+            };
+            return Ok(Location {
+                store: Arc::new(store),
+                prefix,
+                kind: StoreKind::S3 {
+                    bucket: bucket.to_string(),
+                },
+                display_root,
+                store_url: format!("s3://{bucket}"),
+            });
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(invalid(
+                "only local folders and s3://bucket/prefix are supported",
+            ));
+        }
+        let folder = std::path::PathBuf::from(location.trim_start_matches("file://"));
+        if create {
+            std::fs::create_dir_all(&folder).map_err(|e| StoreError::Access {
+                action: "create folder",
+                target: folder.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        if !folder.is_dir() {
+            return Err(StoreError::MissingFolder(folder.display().to_string()));
+        }
+        let folder = std::fs::canonicalize(&folder).map_err(|e| StoreError::Access {
+            action: "resolve folder",
+            target: folder.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&folder).map_err(|e| {
+            StoreError::access("open folder", folder.display().to_string(), e)
+        })?;
+        Ok(Location {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            kind: StoreKind::Local,
+            display_root: folder.display().to_string(),
+            store_url: "file:///".to_string(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn kind(&self) -> &StoreKind {
+        &self.kind
+    }
+
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// The root as the user wrote it, normalised (`/abs/folder` or `s3://bucket/prefix`).
+    pub fn display_root(&self) -> &str {
+        &self.display_root
+    }
+
+    /// The base URL under which DataFusion must register [`Location::store`].
+    pub fn store_url(&self) -> &str {
+        &self.store_url
+    }
+
+    /// A URL DataFusion can read, for a folder below this location.
+    pub fn table_url(&self, relative: &str) -> String {
+        let key = self.key(relative);
+        match &self.kind {
+            StoreKind::Local => format!("{}/{}/", self.display_root, relative.trim_matches('/')),
+            StoreKind::S3 { bucket } => format!("s3://{bucket}/{key}/"),
+        }
+    }
+
+    /// The object key of `relative` below this location's prefix.
+    pub fn key(&self, relative: &str) -> Path {
+        let mut key = self.prefix.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            key = key.child(part);
+        }
+        key
+    }
+
+    /// How users see one object of this store: an absolute file path or an
+    /// `s3://` URL. This is what the `path` column holds.
+    pub fn display_key(&self, key: &Path) -> String {
+        match &self.kind {
+            StoreKind::Local => {
+                let mut path = std::path::PathBuf::from(&self.display_root);
+                for part in key.parts() {
+                    path.push(percent_decode(part.as_ref()));
+                }
+                path.display().to_string()
+            }
+            StoreKind::S3 { bucket } => format!("s3://{bucket}/{key}"),
+        }
+    }
+
+    /// The name of the root folder itself: the label of files directly under it.
+    pub fn root_name(&self) -> String {
+        match &self.kind {
+            StoreKind::Local => std::path::Path::new(&self.display_root)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.display_root.clone()),
+            StoreKind::S3 { bucket } => self
+                .prefix
+                .parts()
+                .last()
+                .map(|p| percent_decode(p.as_ref()))
+                .unwrap_or_else(|| bucket.clone()),
+        }
+    }
+
+    pub async fn read(&self, key: &Path) -> Result<bytes::Bytes, StoreError> {
+        let target = || self.display_key(key);
+        let result = self
+            .store
+            .get(key)
+            .await
+            .map_err(|e| StoreError::access("read", target(), e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| StoreError::access("read", target(), e))
+    }
+
+    pub async fn write(&self, relative: &str, data: impl Into<PutPayload>) -> Result<(), StoreError> {
+        let key = self.key(relative);
+        self.store
+            .put(&key, data.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::access("write", self.display_key(&key), e))
+    }
+
+    pub async fn exists(&self, relative: &str) -> Result<bool, StoreError> {
+        let key = self.key(relative);
+        match self.store.head(&key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StoreError::access("check", self.display_key(&key), e)),
+        }
+    }
+
+    /// Every object key under `relative` (the whole location when empty).
+    pub async fn list_keys(&self, relative: &str) -> Result<Vec<Path>, StoreError> {
+        use futures::TryStreamExt;
+        let prefix = self.key(relative);
+        let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+        self.store
+            .list(prefix.as_ref())
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::access("list", self.display_root.clone(), e))
+    }
+
+    pub async fn delete(&self, key: &Path) -> Result<(), StoreError> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::access("delete", self.display_key(key), e)),
+        }
+    }
+
+    /// Deletes everything under `relative`, then (locally) the empty folders.
+    pub async fn delete_all(&self, relative: &str) -> Result<usize, StoreError> {
+        let keys = self.list_keys(relative).await?;
+        for key in &keys {
+            self.delete(key).await?;
+        }
+        if self.kind == StoreKind::Local {
+            remove_empty_dirs(&std::path::Path::new(&self.display_root).join(relative));
+        }
+        Ok(keys.len())
+    }
+}
+
+fn remove_empty_dirs(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_dirs(&entry.path());
+            // Only empty folders go; anything else stays and is reported by listing.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// `object_store` percent-encodes a few characters in path parts; users want
+/// the name as it is on disk.
+fn percent_decode(part: &str) -> String {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| part.to_string())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+pub(crate) fn decode_part(part: &str) -> String {
+    percent_decode(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_location_keeps_bucket_and_prefix() {
+        let loc = Location::parse("s3://fruits/images/").unwrap();
+        assert_eq!(loc.kind(), &StoreKind::S3 { bucket: "fruits".into() });
+        assert_eq!(loc.display_root(), "s3://fruits/images");
+        assert_eq!(loc.key("Training/a.jpg").as_ref(), "images/Training/a.jpg");
+        assert_eq!(loc.root_name(), "images");
+        assert_eq!(
+            loc.display_key(&loc.key("x/y.jpg")),
+            "s3://fruits/images/x/y.jpg"
+        );
+    }
+
+    #[test]
+    fn missing_bucket_is_refused() {
+        let err = Location::parse("s3://").unwrap_err().to_string();
+        assert!(err.contains("missing bucket"), "{err}");
+    }
+
+    #[test]
+    fn unknown_scheme_is_refused() {
+        let err = Location::parse("gs://bucket/x").unwrap_err().to_string();
+        assert!(err.contains("only local folders"), "{err}");
+    }
+
+    #[test]
+    fn missing_local_folder_is_named() {
+        let err = Location::parse("/definitely/not/here").unwrap_err().to_string();
+        assert!(err.contains("/definitely/not/here"), "{err}");
+    }
+
+    #[test]
+    fn percent_decoding_restores_names() {
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}
