@@ -122,7 +122,7 @@ enum EngineArg {
     Tract,
 }
 
-impl From<EngineArg> for verger_model::EngineChoice {
+impl From<EngineArg> for verger_pipeline::EngineChoice {
     fn from(engine: EngineArg) -> Self {
         match engine {
             EngineArg::Auto => Self::Auto,

@@ -139,8 +139,8 @@ struct Scratch {
 
 impl Scratch {
     fn resize(&mut self, src: &RgbImage) {
-        let options =
-            fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+        let options = fr::ResizeOptions::new()
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
         let src_view =
             fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3)
                 .expect("RgbImage buffer always matches its dimensions");
@@ -202,8 +202,16 @@ fn decode_rgb(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage, ImageErr
     // Our own header read, before any decoder exists: the PNG decoder reads
     // ahead to the first IDAT and the JPEG decoder copies the whole input, so
     // this is the cheapest point to refuse a file that claims huge dimensions.
-    if let Some((w, h)) = header_dimensions(bytes, format) {
+    let header = read_header(bytes, format);
+    if let Some((w, h)) = header.dimensions {
         check_pixels(w, h, cfg)?;
+    }
+    if let Some(scan_start) = header.scan_start
+        && !jpeg_has_end_marker(bytes, scan_start)
+    {
+        return Err(ImageError::Decode(
+            "JPEG data ends before its end-of-image marker (file is truncated)".to_string(),
+        ));
     }
 
     // Second guard, enforced inside the decoders themselves. A side can never
@@ -215,7 +223,9 @@ fn decode_rgb(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage, ImageErr
     limits.max_alloc = Some(cfg.max_alloc_bytes);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| map_decoder_error(e, cfg))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| map_decoder_error(e, cfg))?;
 
     // The header parser above may not have found the frame header (odd
     // marker layouts), so the decoder's view is checked as well.
@@ -224,9 +234,7 @@ fn decode_rgb(bytes: &[u8], cfg: &PreprocessConfig) -> Result<RgbImage, ImageErr
 
     // A broken EXIF block is common in camera files and does not make the
     // pixels unusable, so it falls back to "no transform".
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 
     let needs_rgb_copy =
         decoder.color_type() != image::ColorType::Rgb8 || orientation != Orientation::NoTransforms;
@@ -275,13 +283,23 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Width and height as claimed by the file header, without decoding.
-/// `None` when the header cannot be found; the decoder then has the last word.
-fn header_dimensions(bytes: &[u8], format: ImageFormat) -> Option<(u32, u32)> {
+/// What the headers say, read without decoding. Every field is `None` when
+/// the header cannot be found; the decoder then has the last word.
+#[derive(Debug, Default, PartialEq)]
+struct HeaderInfo {
+    dimensions: Option<(u32, u32)>,
+    /// JPEG only: offset of the first start-of-scan marker.
+    scan_start: Option<usize>,
+}
+
+fn read_header(bytes: &[u8], format: ImageFormat) -> HeaderInfo {
     match format {
-        ImageFormat::Png => png_dimensions(bytes),
-        ImageFormat::Jpeg => jpeg_dimensions(bytes),
-        _ => None,
+        ImageFormat::Png => HeaderInfo {
+            dimensions: png_dimensions(bytes),
+            scan_start: None,
+        },
+        ImageFormat::Jpeg => jpeg_layout(bytes),
+        _ => HeaderInfo::default(),
     }
 }
 
@@ -300,39 +318,54 @@ fn png_dimensions(b: &[u8]) -> Option<(u32, u32)> {
     Some((w, h))
 }
 
-fn jpeg_dimensions(b: &[u8]) -> Option<(u32, u32)> {
+/// Walks the marker segments up to the first scan. Segments are skipped by
+/// their length, so an EXIF thumbnail (a whole JPEG inside APP1) is never
+/// mistaken for the main image.
+fn jpeg_layout(b: &[u8]) -> HeaderInfo {
+    let mut info = HeaderInfo::default();
     let mut i = 2; // after SOI
-    loop {
-        if *b.get(i)? != 0xFF {
-            return None;
-        }
+    while let Some(&0xFF) = b.get(i) {
         // Any number of 0xFF fill bytes may precede a marker code.
-        while *b.get(i)? == 0xFF {
+        while b.get(i) == Some(&0xFF) {
             i += 1;
         }
-        let marker = *b.get(i)?;
+        let Some(&marker) = b.get(i) else { break };
         i += 1;
         match marker {
             // Markers without a length field.
             0x01 | 0xD0..=0xD8 => continue,
-            // Scan data or end of image before any frame header.
-            0xD9 | 0xDA => return None,
+            0xD9 => break,
+            0xDA => {
+                info.scan_start = Some(i - 2);
+                break;
+            }
             // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC), which share
             // the range. Layout: length(2) precision(1) height(2) width(2).
             0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
-                let h = be_u16(b, i + 3)?;
-                let w = be_u16(b, i + 5)?;
-                return Some((u32::from(w), u32::from(h)));
-            }
-            _ => {
-                let len = usize::from(be_u16(b, i)?);
-                if len < 2 {
-                    return None;
+                if let (Some(h), Some(w)) = (be_u16(b, i + 3), be_u16(b, i + 5)) {
+                    info.dimensions = Some((u32::from(w), u32::from(h)));
                 }
-                i += len;
             }
+            _ => {}
+        }
+        match be_u16(b, i) {
+            Some(len) if len >= 2 => i += usize::from(len),
+            _ => break,
         }
     }
+    info
+}
+
+/// The JPEG decoder pads a truncated scan with mid-gray and reports success,
+/// which would turn a half-uploaded photo into silently wrong features. Inside
+/// entropy-coded data every 0xFF is followed by 0x00 or a restart code, so an
+/// end-of-image marker after the first scan is the reliable sign of a whole
+/// file; trailing bytes after it (some cameras append data) are fine.
+fn jpeg_has_end_marker(bytes: &[u8], scan_start: usize) -> bool {
+    bytes[scan_start..]
+        .windows(2)
+        .rev()
+        .any(|w| w == [0xFF, 0xD9])
 }
 
 /// Flattens any decoded colour type to 8-bit RGB. Transparent areas become

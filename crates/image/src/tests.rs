@@ -3,8 +3,7 @@ use std::time::{Duration, Instant};
 
 use image::codecs::jpeg::JpegEncoder;
 use image::{
-    DynamicImage, GrayImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba,
-    RgbaImage,
+    DynamicImage, GrayImage, ImageBuffer, ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage,
 };
 
 use super::*;
@@ -169,14 +168,15 @@ fn truncated_png_is_decode_error() {
 
 #[test]
 fn truncated_jpeg_never_panics_and_is_reported() {
+    // zune-jpeg alone would pad the missing scan data with gray and succeed;
+    // the end-of-image check turns that into an error.
     let bytes = jpeg(&DynamicImage::ImageRgb8(gradient(64, 64)));
-    for cut in [bytes.len() / 2, 200, 4] {
-        let res = run(&bytes[..cut]);
-        let err = res.expect_err("a truncated JPEG must not decode as if whole");
-        assert!(
-            matches!(err, ImageError::Decode(_)),
-            "cut at {cut}: {err:?}"
-        );
+    for cut in [bytes.len() - 1, bytes.len() / 2, 200, 4] {
+        match run(&bytes[..cut]) {
+            Err(ImageError::Decode(msg)) => assert!(!msg.is_empty()),
+            Err(other) => panic!("cut at {cut}: expected Decode, got {other:?}"),
+            Ok(_) => panic!("cut at {cut}: a truncated JPEG decoded as if whole"),
+        }
     }
 }
 
@@ -412,6 +412,10 @@ fn sixteen_bit_png_is_scaled_to_eight_bit() {
     assert!(plane(&t, 0).iter().all(|&v| v == 1.0));
     assert!(plane(&t, 1).iter().all(|&v| v == norm(128)));
     assert!(plane(&t, 2).iter().all(|&v| v == -1.0));
+
+    let gray16 = ImageBuffer::<Luma<u16>, _>::from_pixel(5, 5, Luma([0x8080]));
+    let t = run(&png(&DynamicImage::ImageLuma16(gray16))).unwrap();
+    assert!(t.iter().all(|&v| v == norm(128)));
 }
 
 #[test]
@@ -441,6 +445,10 @@ fn half_transparent_pixel_is_blended_with_white() {
 fn transparent_gray_alpha_and_16_bit_alpha_become_white() {
     let la = ImageBuffer::<LumaA<u8>, _>::from_pixel(3, 3, LumaA([0, 0]));
     let t = run(&png(&DynamicImage::ImageLumaA8(la))).unwrap();
+    assert!(t.iter().all(|&v| v == 1.0));
+
+    let la16 = ImageBuffer::<LumaA<u16>, _>::from_pixel(3, 3, LumaA([0, 0]));
+    let t = run(&png(&DynamicImage::ImageLumaA16(la16))).unwrap();
     assert!(t.iter().all(|&v| v == 1.0));
 
     let rgba16 = ImageBuffer::<Rgba<u16>, _>::from_pixel(3, 3, Rgba([0, 0, 0, 0]));
@@ -533,8 +541,26 @@ fn resizer_is_reusable_across_sizes_on_one_thread() {
 #[test]
 fn header_parsers_read_dimensions() {
     let p = png(&DynamicImage::ImageRgb8(gradient(123, 45)));
-    assert_eq!(header_dimensions(&p, ImageFormat::Png), Some((123, 45)));
+    assert_eq!(
+        read_header(&p, ImageFormat::Png).dimensions,
+        Some((123, 45))
+    );
     let j = jpeg(&DynamicImage::ImageRgb8(gradient(123, 45)));
-    assert_eq!(header_dimensions(&j, ImageFormat::Jpeg), Some((123, 45)));
-    assert_eq!(header_dimensions(&j[..10], ImageFormat::Jpeg), None);
+    let info = read_header(&j, ImageFormat::Jpeg);
+    assert_eq!(info.dimensions, Some((123, 45)));
+    let sos = info.scan_start.expect("encoded JPEG has a scan");
+    assert_eq!(&j[sos..sos + 2], &[0xFF, 0xDA]);
+    assert_eq!(
+        read_header(&j[..10], ImageFormat::Jpeg),
+        HeaderInfo::default()
+    );
+}
+
+#[test]
+fn jpeg_with_trailing_bytes_after_end_marker_still_decodes() {
+    let img = DynamicImage::ImageRgb8(gradient(80, 60));
+    let whole = jpeg(&img);
+    let mut padded = whole.clone();
+    padded.extend_from_slice(b"trailing vendor data");
+    assert_eq!(run(&padded).unwrap(), run(&whole).unwrap());
 }

@@ -72,12 +72,12 @@ fn venv_library(venv: &Path) -> Option<PathBuf> {
 /// ONNX Runtime's environment is process-wide and may be initialised once.
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-fn init_environment(library: &Path) -> Result<(), ModelError> {
+fn init_environment(library: &Path) -> Result<&'static ort::environment::Environment, ModelError> {
     let env = ENVIRONMENT.get_or_init(|| {
         let builder = ort::init_from(library).map_err(|e| e.to_string())?;
         builder.with_name("verger").build().map_err(|e| e.to_string())
     });
-    env.as_ref().map(|_| ()).map_err(|reason| ModelError::Load {
+    env.as_ref().map_err(|reason| ModelError::Load {
         engine: ENGINE,
         path: library.display().to_string(),
         reason: reason.clone(),
@@ -87,13 +87,13 @@ fn init_environment(library: &Path) -> Result<(), ModelError> {
 impl OrtEngine {
     pub fn load(model_path: &Path, config: &EngineConfig) -> Result<Self, ModelError> {
         let library = find_onnxruntime_library(config.ort_library.as_deref())?;
-        init_environment(&library)?;
+        let environment = init_environment(&library)?;
         let load_error = |reason: String| ModelError::Load {
             engine: ENGINE,
             path: model_path.display().to_string(),
             reason,
         };
-        let session = Session::builder()
+        let session = Session::builder(environment)
             .map_err(|e| load_error(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| load_error(e.to_string()))?

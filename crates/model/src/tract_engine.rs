@@ -77,9 +77,9 @@ impl FeatureEngine for TractEngine {
             )
             .map_err(|e| failed(format!("{e:#}")))?;
             let values = result[0]
-                .as_slice::<f32>()
+                .to_plain_array_view::<f32>()
                 .map_err(|e| failed(format!("{e:#}")))?;
-            out.extend_from_slice(&values[..images * FEATURE_DIM]);
+            out.extend(values.iter().take(images * FEATURE_DIM));
         }
         Ok(out)
     }

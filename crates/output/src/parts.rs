@@ -1,7 +1,7 @@
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::async_writer::ParquetObjectWriter;
+use verger_store::object_store::buffered::BufWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use verger_store::Location;
@@ -28,7 +28,7 @@ pub struct PartWriter {
     dir: String,
     prefix: String,
     schema: SchemaRef,
-    current: Option<(AsyncArrowWriter<ParquetObjectWriter>, String, usize)>,
+    current: Option<(AsyncArrowWriter<BufWriter>, String, usize)>,
     written: WrittenParts,
     /// Even with no rows, leave one (empty) file so readers find the schema.
     keep_empty: bool,
@@ -89,7 +89,7 @@ impl PartWriter {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("verger {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let sink = ParquetObjectWriter::new(self.location.store().clone(), key);
+        let sink = BufWriter::new(self.location.store().clone(), key);
         let writer = AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(props)).map_err(|e| {
             OutputError::Parquet {
                 target: target.clone(),

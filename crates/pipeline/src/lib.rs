@@ -20,3 +20,4 @@ mod run;
 pub use progress::ProgressMode;
 pub use report::{Counts, RunReport};
 pub use run::{RunConfig, run};
+pub use verger_model::EngineChoice;

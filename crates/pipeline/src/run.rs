@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{filter, is_not_null, not};
 use datafusion::common::ScalarValue;
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::Partitioning;
 use datafusion::physical_plan::execute_stream_partitioned;
@@ -219,10 +220,13 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
 }
 
 fn session(config: &RunConfig, output: &Location) -> Result<SessionContext> {
-    let session_config = SessionConfig::new()
+    // Plain Utf8 when reading staged Parquet back: the output schema is
+    // Utf8, which every reader (Spark included) understands.
+    let mut session_config = SessionConfig::new()
         .with_target_partitions(config.partitions.max(1))
         .with_batch_size(config.batch_size.max(1))
         .with_information_schema(false);
+    session_config.options_mut().execution.parquet.schema_force_view_types = false;
     let ctx = SessionContext::new_with_config(session_config);
     // Local folders are read through DataFusion's own file:// store; an S3
     // output needs the client configured from the environment.

@@ -144,7 +144,7 @@ impl Location {
     pub fn key(&self, relative: &str) -> Path {
         let mut key = self.prefix.clone();
         for part in relative.split('/').filter(|p| !p.is_empty()) {
-            key = key.child(part);
+            key = key.clone().join(part);
         }
         key
     }

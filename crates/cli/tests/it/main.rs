@@ -1,1 +1,15 @@
+//! Integration tests of the `verger` binary (see tests/python/ for the
+//! independent Python references). One test binary so that the expensive
+//! whole-sample run (`sample::SAMPLE_RUN`) is shared by several tests.
 
+mod support;
+
+mod bad_input;
+mod cli;
+mod interop;
+mod output;
+mod pca;
+mod quality;
+mod reference;
+mod s3;
+mod sample;

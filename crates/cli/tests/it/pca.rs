@@ -17,9 +17,21 @@ fn check_pca(out: &Path) -> Value {
 
 #[track_caller]
 fn assert_verdict(verdict: &Value, k: usize, center: bool) {
-    assert_eq!(verdict["ok"], Value::Bool(true), "PCA check failed: {verdict}");
-    assert_eq!(verdict["metrics"]["k"].as_u64(), Some(k as u64), "{verdict}");
-    assert_eq!(verdict["metrics"]["center"].as_bool(), Some(center), "{verdict}");
+    assert_eq!(
+        verdict["ok"],
+        Value::Bool(true),
+        "PCA check failed: {verdict}"
+    );
+    assert_eq!(
+        verdict["metrics"]["k"].as_u64(),
+        Some(k as u64),
+        "{verdict}"
+    );
+    assert_eq!(
+        verdict["metrics"]["center"].as_bool(),
+        Some(center),
+        "{verdict}"
+    );
 }
 
 #[test]
@@ -29,9 +41,15 @@ fn pca_matches_numpy_without_centring() {
     assert_eq!(s.run.pca_model["center"].as_bool(), Some(false));
     let verdict = check_pca(&s.out);
     assert_verdict(&verdict, k, false);
-    assert_eq!(verdict["metrics"]["n"].as_u64(), Some(s.run.features.len() as u64));
+    assert_eq!(
+        verdict["metrics"]["n"].as_u64(),
+        Some(s.run.features.len() as u64)
+    );
     // Uncentred projections of non-negative features are far from zero on average.
-    assert!(verdict["metrics"]["pca_column_mean_abs"].as_f64().unwrap() > 1e-3, "{verdict}");
+    assert!(
+        verdict["metrics"]["pca_column_mean_abs"].as_f64().unwrap() > 1e-3,
+        "{verdict}"
+    );
 }
 
 /// `--center --k 3` on the Test split, with an odd batch size (7, so the last
@@ -60,8 +78,15 @@ fn pca_with_center_and_odd_batch_size() {
     }
     // Same images, different batch composition → same features as the sample run.
     for r in &run.features {
-        let base = s.run.feature(&r.path).unwrap_or_else(|| panic!("{} not in sample run", r.path));
+        let base = s
+            .run
+            .feature(&r.path)
+            .unwrap_or_else(|| panic!("{} not in sample run", r.path));
         let d = max_abs_diff(&r.features, &base.features);
-        assert!(d <= 1e-5, "batch-size dependence: max abs diff {d} for {}", r.path);
+        assert!(
+            d <= 1e-5,
+            "batch-size dependence: max abs diff {d} for {}",
+            r.path
+        );
     }
 }

@@ -26,8 +26,15 @@ fn nearest_centroid_on_features_classifies_test_split() {
     };
     // Cosine nearest centroid: mean of L2-normalised Training vectors per label.
     let mut sums: BTreeMap<&str, (Vec<f64>, usize)> = BTreeMap::new();
-    for r in s.run.features.iter().filter(|r| split_of(&r.path) == "Training") {
-        let e = sums.entry(&r.label).or_insert_with(|| (vec![0.0; FEATURE_DIM], 0));
+    for r in s
+        .run
+        .features
+        .iter()
+        .filter(|r| split_of(&r.path) == "Training")
+    {
+        let e = sums
+            .entry(&r.label)
+            .or_insert_with(|| (vec![0.0; FEATURE_DIM], 0));
         for (a, b) in e.0.iter_mut().zip(unit(&r.features)) {
             *a += b;
         }
@@ -45,7 +52,12 @@ fn nearest_centroid_on_features_classifies_test_split() {
 
     let (mut right, mut total) = (0usize, 0usize);
     let mut confusions: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for r in s.run.features.iter().filter(|r| split_of(&r.path) == "Test") {
+    for r in s
+        .run
+        .features
+        .iter()
+        .filter(|r| split_of(&r.path) == "Test")
+    {
         let x = unit(&r.features);
         let best = centroids
             .iter()
@@ -57,11 +69,16 @@ fn nearest_centroid_on_features_classifies_test_split() {
         if *best == r.label {
             right += 1;
         } else {
-            *confusions.entry((r.label.clone(), best.to_string())).or_default() += 1;
+            *confusions
+                .entry((r.label.clone(), best.to_string()))
+                .or_default() += 1;
         }
     }
     assert!(total > 0, "no Test rows");
     let acc = right as f64 / total as f64;
     eprintln!("nearest-centroid accuracy {acc:.4} ({right}/{total}); confusions: {confusions:?}");
-    assert!(acc >= MIN_ACCURACY, "accuracy {acc:.4} < {MIN_ACCURACY}; confusions (true, predicted): {confusions:?}");
+    assert!(
+        acc >= MIN_ACCURACY,
+        "accuracy {acc:.4} < {MIN_ACCURACY}; confusions (true, predicted): {confusions:?}"
+    );
 }

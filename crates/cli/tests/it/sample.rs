@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 use std::time::SystemTime;
 
 use crate::support::{
-    RunDir, RunOutput, Verger, dataset_dir, dataset_images, histogram, model_path, parent_name, sha256_file,
-    walk_files,
+    RunDir, RunOutput, Verger, dataset_dir, dataset_images, histogram, model_path, parent_name,
+    sha256_file, walk_files,
 };
 
 /// MobileNetV2 pooled-feature width (model README).
@@ -46,7 +46,11 @@ fn sample_run_counts_match_the_dataset_and_summary() {
     assert!(!images.is_empty());
     let n = images.len();
     assert_eq!(s.run.features.len(), n, "one features row per sample image");
-    assert!(s.run.errors.is_empty(), "unexpected errors: {:?}", s.run.errors);
+    assert!(
+        s.run.errors.is_empty(),
+        "unexpected errors: {:?}",
+        s.run.errors
+    );
     assert_eq!(s.run.counts(), (n as u64, n as u64, 0), "run.json counts");
     s.output.assert_summary(n, n, 0);
 }
@@ -59,8 +63,15 @@ fn sample_run_paths_are_absolute_and_labels_are_parent_folders() {
         .map(|p| p.to_str().unwrap().to_string())
         .collect();
     let got: BTreeSet<String> = s.run.features.iter().map(|r| r.path.clone()).collect();
-    assert_eq!(got.len(), s.run.features.len(), "duplicate paths in features");
-    assert_eq!(got, want, "features paths must be the absolute paths of the input files");
+    assert_eq!(
+        got.len(),
+        s.run.features.len(),
+        "duplicate paths in features"
+    );
+    assert_eq!(
+        got, want,
+        "features paths must be the absolute paths of the input files"
+    );
     for r in &s.run.features {
         assert!(Path::new(&r.path).is_absolute(), "{}", r.path);
         assert!(!r.label.is_empty(), "empty label for {}", r.path);
@@ -74,7 +85,10 @@ fn sample_run_paths_are_absolute_and_labels_are_parent_folders() {
     }
     let got = histogram(s.run.features.iter().map(|r| r.label.as_str()));
     assert_eq!(got, on_disk);
-    assert!(got.keys().any(|l| l.contains(' ')), "sample labels with spaces must survive");
+    assert!(
+        got.keys().any(|l| l.contains(' ')),
+        "sample labels with spaces must survive"
+    );
 }
 
 #[test]
@@ -88,15 +102,29 @@ fn sample_run_features_are_well_formed() {
         assert_eq!(r.pca.len(), k, "{}", r.path);
         // The model's pooled ReLU6 outputs lie in [0, 6] (model README).
         assert!(
-            r.features.iter().all(|v| v.is_finite() && (0.0..=6.0).contains(v)),
+            r.features
+                .iter()
+                .all(|v| v.is_finite() && (0.0..=6.0).contains(v)),
             "features out of [0, 6] for {}",
             r.path
         );
-        assert!(r.features.iter().any(|&v| v > 0.0), "all-zero features for {}", r.path);
-        assert!(r.pca.iter().all(|v| v.is_finite()), "non-finite pca for {}", r.path);
+        assert!(
+            r.features.iter().any(|&v| v > 0.0),
+            "all-zero features for {}",
+            r.path
+        );
+        assert!(
+            r.pca.iter().all(|v| v.is_finite()),
+            "non-finite pca for {}",
+            r.path
+        );
         distinct.insert(r.features.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     }
-    assert_eq!(distinct.len(), s.run.features.len(), "different images must give different features");
+    assert_eq!(
+        distinct.len(),
+        s.run.features.len(),
+        "different images must give different features"
+    );
 }
 
 #[test]
@@ -108,15 +136,27 @@ fn sample_run_json_records_counts_model_and_engine() {
         Some(sha256_file(&model_path()).as_str()),
         "run.json model.sha256 must be the model file's sha256: {j}"
     );
-    let text = j.to_string().to_lowercase();
-    assert!(
-        ["ort", "onnxruntime", "tract"].iter().any(|e| text.contains(e)),
-        "run.json should name the engine: {j}"
-    );
+    // ORT_DYLIB_PATH is set, so `--engine auto` must pick ONNX Runtime.
+    let engine = j["model"]["engine"].as_str().unwrap_or_default().to_lowercase();
+    assert!(engine.contains("onnx"), "run.json model.engine with auto + ORT lib available: {j}");
+    assert_eq!(j["parameters"]["k"].as_u64(), Some(DEFAULT_K as u64), "{j}");
+    assert!(j["timings"].is_object(), "run.json timings: {j}");
     let pm = &s.run.pca_model;
-    assert_eq!(pm["n"].as_u64(), Some(s.run.features.len() as u64), "pca_model.json n");
-    assert_eq!(pm["dim"].as_u64(), Some(FEATURE_DIM as u64), "pca_model.json dim");
-    assert_eq!(pm["center"].as_bool(), Some(false), "center defaults to false");
+    assert_eq!(
+        pm["n"].as_u64(),
+        Some(s.run.features.len() as u64),
+        "pca_model.json n"
+    );
+    assert_eq!(
+        pm["dim"].as_u64(),
+        Some(FEATURE_DIM as u64),
+        "pca_model.json dim"
+    );
+    assert_eq!(
+        pm["center"].as_bool(),
+        Some(false),
+        "center defaults to false"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use output::{ErrorRow, FeatureRow, RunDir};
+pub use output::RunDir;
 pub use runner::{RunOutput, Verger};
 
 /// The workspace root (two levels above this crate's manifest).
@@ -164,7 +164,12 @@ pub fn dataset_images() -> Vec<PathBuf> {
 
 /// Copy `per_label` images (sorted by name) of each `split/label` into
 /// `dest/<label>/`, returning the destination paths.
-pub fn copy_sample_subset(dest: &Path, split: &str, labels: &[&str], per_label: usize) -> Vec<PathBuf> {
+pub fn copy_sample_subset(
+    dest: &Path,
+    split: &str,
+    labels: &[&str],
+    per_label: usize,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for label in labels {
         let src_dir = dataset_dir().join(split).join(label);
@@ -173,7 +178,12 @@ pub fn copy_sample_subset(dest: &Path, split: &str, labels: &[&str], per_label: 
             .filter(|p| p.extension() == Some(OsStr::new("jpg")))
             .take(per_label)
             .collect();
-        assert_eq!(files.len(), per_label, "not enough images in {}", src_dir.display());
+        assert_eq!(
+            files.len(),
+            per_label,
+            "not enough images in {}",
+            src_dir.display()
+        );
         let dst_dir = dest.join(label);
         std::fs::create_dir_all(&dst_dir).unwrap();
         for f in files {
@@ -249,7 +259,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vectors of different lengths");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Count occurrences of each key.

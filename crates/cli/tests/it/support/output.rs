@@ -71,8 +71,12 @@ impl RunDir {
     pub fn counts(&self) -> (u64, u64, u64) {
         let c = &self.run_json["counts"];
         let get = |k: &str| {
-            c[k].as_u64()
-                .unwrap_or_else(|| panic!("run.json counts.{k} missing or not an integer: {}", self.run_json))
+            c[k].as_u64().unwrap_or_else(|| {
+                panic!(
+                    "run.json counts.{k} missing or not an integer: {}",
+                    self.run_json
+                )
+            })
         };
         (get("listed"), get("features"), get("errors"))
     }
@@ -83,7 +87,8 @@ impl RunDir {
 }
 
 pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
@@ -131,7 +136,11 @@ fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn lists<T: arrow::datatypes::ArrowPrimitiveType>(batch: &RecordBatch, name: &str, item: DataType) -> Vec<Vec<T::Native>> {
+fn lists<T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    name: &str,
+    item: DataType,
+) -> Vec<Vec<T::Native>> {
     let col = cast(&column(batch, name), &DataType::new_list(item, true)).unwrap();
     let list = col.as_list::<i32>();
     (0..list.len())
@@ -171,7 +180,9 @@ pub fn read_errors(dir: &Path) -> Vec<ErrorRow> {
         let labels = strings(&b, "label");
         let stages = strings(&b, "stage");
         let reasons = strings(&b, "reason");
-        for (((path, label), stage), reason) in paths.into_iter().zip(labels).zip(stages).zip(reasons) {
+        for (((path, label), stage), reason) in
+            paths.into_iter().zip(labels).zip(stages).zip(reasons)
+        {
             out.push(ErrorRow {
                 path,
                 label,

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +53,9 @@ impl Verger {
 
     /// `verger run --input IN --output OUT --model <shared model>`.
     pub fn run(input: impl AsRef<OsStr>, output: impl AsRef<OsStr>) -> Self {
-        Self::run_without_model(input, output).arg("--model").arg(model_path())
+        Self::run_without_model(input, output)
+            .arg("--model")
+            .arg(model_path())
     }
 
     /// `verger run --input IN --output OUT` (model from env / default lookup).
@@ -101,6 +103,8 @@ impl Verger {
     }
 
     /// Run to completion (killed after the timeout) and capture everything.
+    // The child is reaped by wait4 (for its rusage), which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
     pub fn exec(mut self) -> RunOutput {
         let capture = tempfile::tempdir().expect("temp dir for output capture");
         let out_path = capture.path().join("stdout");
@@ -114,10 +118,19 @@ impl Verger {
             .cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_verger")));
-        let status = loop {
-            if let Some(st) = child.try_wait().expect("wait for verger") {
-                break st;
+        let pid = child.id() as libc::pid_t;
+        let (status, max_rss_kib) = loop {
+            // wait4 (not Child::try_wait) to get this child's own peak RSS.
+            let mut raw = 0;
+            // SAFETY: an all-zero rusage is a valid value.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: waiting on our own, not yet reaped, child.
+            let r = unsafe { libc::wait4(pid, &mut raw, libc::WNOHANG, &mut usage) };
+            if r == pid {
+                let rss = u64::try_from(usage.ru_maxrss).ok().filter(|&k| k > 0);
+                break (ExitStatus::from_raw(raw), rss);
             }
+            assert!(r == 0, "wait4 failed: {}", std::io::Error::last_os_error());
             if start.elapsed() > self.timeout {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -137,6 +150,7 @@ impl Verger {
             stdout: String::from_utf8_lossy(&std::fs::read(&out_path).unwrap()).into_owned(),
             stderr: String::from_utf8_lossy(&std::fs::read(&err_path).unwrap()).into_owned(),
             elapsed: start.elapsed(),
+            max_rss_kib,
         }
     }
 }
@@ -149,14 +163,16 @@ pub struct RunOutput {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// Peak resident set size of the verger process (KiB), from wait4.
+    pub max_rss_kib: Option<u64>,
 }
 
 impl fmt::Debug for RunOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "`{}` -> {} in {:.1?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.command, self.status, self.elapsed, self.stdout, self.stderr
+            "`{}` -> {} in {:.1?} (peak RSS {:?} KiB)\n--- stdout\n{}\n--- stderr\n{}",
+            self.command, self.status, self.elapsed, self.max_rss_kib, self.stdout, self.stderr
         )
     }
 }
@@ -170,10 +186,7 @@ impl RunOutput {
 
     #[track_caller]
     pub fn assert_failure(self) -> Self {
-        assert!(
-            !self.status.success(),
-            "expected a non-zero exit: {self:?}"
-        );
+        assert!(!self.status.success(), "expected a non-zero exit: {self:?}");
         assert!(
             self.status.code().is_some(),
             "expected an orderly exit, not death by signal: {self:?}"
@@ -236,12 +249,15 @@ pub fn numbers_in(line: &str) -> Vec<usize> {
             }
             let before = start.checked_sub(1).map(|j| bytes[j]);
             let after = bytes.get(i).copied();
-            let glued = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_');
+            let glued = |c: Option<u8>| {
+                c.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
+            };
             // `,` as thousands separator is not expected; treat as a delimiter.
-            if !glued(before) && !glued(after) {
-                if let Ok(n) = line[start..i].parse() {
-                    out.push(n);
-                }
+            if !glued(before)
+                && !glued(after)
+                && let Ok(n) = line[start..i].parse()
+            {
+                out.push(n);
             }
         } else {
             i += 1;
@@ -252,6 +268,9 @@ pub fn numbers_in(line: &str) -> Vec<usize> {
 
 #[test]
 fn numbers_in_finds_whole_tokens() {
-    assert_eq!(numbers_in("done: 1920 listed, 1919 ok, 1 error (s3) in 3.5s"), vec![1920, 1919, 1]);
+    assert_eq!(
+        numbers_in("done: 1920 listed, 1919 ok, 1 error (s3) in 3.5s"),
+        vec![1920, 1919, 1]
+    );
     assert_eq!(numbers_in("listed=3 features=2 errors=1"), vec![3, 2, 1]);
 }

@@ -35,19 +35,28 @@ fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
         .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 impl SeaweedFs {
     /// Start a server with fresh random credentials and wait until S3 answers.
     pub fn start() -> Self {
         let _guard = START.lock().unwrap_or_else(|e| e.into_inner());
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let access_key = format!("verger-it-{}", std::process::id());
         let secret_key = format!("it-secret-{nanos:x}");
         let mut last_log = String::new();
         for _attempt in 0..3 {
-            let dir = tempfile::Builder::new().prefix("verger-weed-").tempdir().unwrap();
+            let dir = tempfile::Builder::new()
+                .prefix("verger-weed-")
+                .tempdir()
+                .unwrap();
             let p = free_ports(10);
             let d = dir.path();
             std::fs::create_dir_all(d.join("data")).unwrap();
@@ -69,7 +78,10 @@ impl SeaweedFs {
                 .arg(format!("-admin.port={}", p[8]))
                 .arg(format!("-admin.port.grpc={}", p[9]))
                 .arg(format!("-s3.localSocket={}", d.join("s3.sock").display()))
-                .arg(format!("-filer.localSocket={}", d.join("filer.sock").display()))
+                .arg(format!(
+                    "-filer.localSocket={}",
+                    d.join("filer.sock").display()
+                ))
                 .args([
                     "-webdav=false",
                     "-admin.ui=false",
@@ -84,7 +96,9 @@ impl SeaweedFs {
                 .stdout(File::create(&log).unwrap())
                 .stderr(File::create(&log).unwrap());
             kill_with_parent(&mut cmd);
-            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", weed().display()));
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", weed().display()));
             let mut server = SeaweedFs {
                 child,
                 dir,

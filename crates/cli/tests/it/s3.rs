@@ -1,0 +1,174 @@
+//! S3 input and output against a local SeaweedFS server.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::Path;
+
+use crate::sample::sample_run;
+use crate::support::seaweed::SeaweedFs;
+use crate::support::{
+    RunDir, RunOutput, Verger, dataset_dir, dataset_images, max_abs_diff, mentions_any,
+    parent_name, tempdir, walk_files,
+};
+
+/// Everything text-like a run left behind: stdout, stderr and every JSON/text
+/// file of a downloaded output tree.
+fn assert_secret_absent(secret: &str, o: &RunOutput, out: Option<&Path>) {
+    assert!(!o.stdout.contains(secret), "secret leaked to stdout");
+    assert!(!o.stderr.contains(secret), "secret leaked to stderr");
+    if let Some(dir) = out {
+        for f in walk_files(dir) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "secret leaked into {}",
+                f.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn s3_to_s3_matches_local_run() {
+    let s3 = SeaweedFs::start();
+    s3.tool(["mb", "fruits"]);
+    let sample = dataset_dir();
+    let args: [&OsStr; 3] = [
+        "upload".as_ref(),
+        sample.as_os_str(),
+        "s3://fruits/images/".as_ref(),
+    ];
+    let up = s3.tool(args);
+    let images = dataset_images();
+    // The sample dir also has README/MANIFEST files; only *.jpg are listed by verger.
+    assert!(up["uploaded"].as_u64().unwrap() >= images.len() as u64);
+
+    let o = Verger::run("s3://fruits/images/", "s3://fruits/results/")
+        .envs(&s3.env())
+        .exec()
+        .assert_success();
+    let n = images.len();
+    o.assert_summary(n, n, 0);
+
+    let tmp = tempdir();
+    let dl = tmp.path().join("results");
+    s3.tool([
+        "download".as_ref(),
+        "s3://fruits/results/".as_ref(),
+        dl.as_os_str(),
+    ]);
+    let run = RunDir::read(&dl);
+    assert!(
+        dl.join("_SUCCESS").is_file(),
+        "_SUCCESS missing in S3 output"
+    );
+    assert_eq!(run.counts(), (n as u64, n as u64, 0));
+    assert_eq!(run.features.len(), n);
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+
+    // Paths are s3://bucket/key, labels the parent "folder"; features equal the local run's.
+    let local = &sample_run().run;
+    let base = dataset_dir();
+    let want: BTreeSet<String> = images
+        .iter()
+        .map(|p| {
+            format!(
+                "s3://fruits/images/{}",
+                p.strip_prefix(&base).unwrap().to_str().unwrap()
+            )
+        })
+        .collect();
+    let got: BTreeSet<String> = run.features.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(got, want);
+    let mut worst = 0f32;
+    for r in &run.features {
+        assert_eq!(r.label, parent_name(&r.path), "{}", r.path);
+        let rel = r.path.strip_prefix("s3://fruits/images/").unwrap();
+        let l = local
+            .feature(base.join(rel).to_str().unwrap())
+            .unwrap_or_else(|| panic!("{rel} missing from the local run"));
+        assert_eq!(r.label, l.label);
+        let d = max_abs_diff(&r.features, &l.features);
+        assert!(d <= 1e-5, "S3 vs local max abs diff {d} for {rel}");
+        worst = worst.max(d);
+    }
+    eprintln!("S3 vs local: worst max-abs-diff {worst:e}");
+    assert_secret_absent(&s3.secret_key, &o, Some(&dl));
+
+    // The S3 output exists now: a second run without --overwrite is refused.
+    let again = Verger::run("s3://fruits/images/", "s3://fruits/results/")
+        .envs(&s3.env())
+        .exec()
+        .assert_failure();
+    assert!(again.combined().contains("--overwrite"), "{again:?}");
+    assert_secret_absent(&s3.secret_key, &again, None);
+}
+
+#[test]
+fn s3_wrong_secret_is_a_clear_error_without_leaking_it() {
+    let s3 = SeaweedFs::start();
+    s3.tool(["mb", "fruits"]);
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    crate::support::copy_sample_subset(&input, "Test", &["Kiwi"], 2);
+    s3.tool([
+        "upload".as_ref(),
+        input.as_os_str(),
+        "s3://fruits/few/".as_ref(),
+    ]);
+
+    let wrong = format!("WRONG-{}", s3.secret_key.chars().rev().collect::<String>());
+    assert_ne!(wrong, s3.secret_key);
+    let out = tmp.path().join("out");
+    let o = Verger::run("s3://fruits/few/", &out)
+        .envs(&s3.env_with_secret(&wrong))
+        .exec()
+        .assert_failure();
+    assert!(
+        mentions_any(
+            &o.stderr,
+            &["access", "credential", "forbidden", "denied", "signature"]
+        ),
+        "stderr should say the credentials were refused: {o:?}"
+    );
+    assert_secret_absent(&wrong, &o, None);
+    assert_secret_absent(&s3.secret_key, &o, None);
+    assert!(!out.join("_SUCCESS").exists());
+}
+
+#[test]
+fn s3_file_at_prefix_root_is_labelled_with_the_prefix() {
+    let s3 = SeaweedFs::start();
+    s3.tool(["mb", "fruits"]);
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let copied = crate::support::copy_sample_subset(&input, "Test", &["Lemon", "Mango"], 3);
+    std::fs::copy(&copied[0], input.join("loose.jpg")).unwrap();
+    s3.tool([
+        "upload".as_ref(),
+        input.as_os_str(),
+        "s3://fruits/My Batch/".as_ref(),
+    ]);
+
+    let out = tmp.path().join("out");
+    let o = Verger::run("s3://fruits/My Batch/", &out)
+        .envs(&s3.env())
+        .args(["--k", "2"])
+        .exec()
+        .assert_success();
+    let run = RunDir::read(&out);
+    assert_eq!(run.features.len(), copied.len() + 1, "{o:?}");
+    let loose = run
+        .feature("s3://fruits/My Batch/loose.jpg")
+        .unwrap_or_else(|| {
+            panic!(
+                "no row for the root object: {:?}",
+                run.features.iter().map(|r| &r.path).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(loose.label, "My Batch");
+    for r in &run.features {
+        assert!(r.path.starts_with("s3://fruits/My Batch/"), "{}", r.path);
+        assert_eq!(r.label, parent_name(&r.path), "{}", r.path);
+    }
+}
