@@ -129,9 +129,8 @@ impl FeaturizeContext {
         }
         StageMetrics::add(&self.metrics.decode_ns, decode_started.elapsed());
 
-        let infer_started = Instant::now();
-        let features = self.model.features(&tensor, slots);
-        StageMetrics::add(&self.metrics.infer_ns, infer_started.elapsed());
+        let (features, inference_time) = self.model.features_timed(&tensor, slots);
+        StageMetrics::add(&self.metrics.infer_ns, inference_time);
         self.metrics.batches.fetch_add(1, Ordering::Relaxed);
         outcomes
             .into_iter()

@@ -222,12 +222,32 @@ impl SharedModel {
 
     /// Features of `batch` images laid out back to back in `input`.
     pub fn features(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, ModelError> {
+        self.features_timed(input, batch).0
+    }
+
+    /// Like [`SharedModel::features`], with the time spent inside the engine
+    /// (waiting for another task's batch to finish is not counted).
+    pub fn features_timed(
+        &self,
+        input: &[f32],
+        batch: usize,
+    ) -> (Result<Vec<f32>, ModelError>, std::time::Duration) {
         assert_eq!(input.len(), batch * INPUT_LEN, "input is not batch × INPUT_LEN");
         if batch == 0 {
-            return Ok(Vec::new());
+            return (Ok(Vec::new()), std::time::Duration::ZERO);
         }
         let mut engine = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let output = engine.features(input, batch)?;
+        let started = std::time::Instant::now();
+        let output = engine.features(input, batch);
+        (self.check_output(output, batch), started.elapsed())
+    }
+
+    fn check_output(
+        &self,
+        output: Result<Vec<f32>, ModelError>,
+        batch: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let output = output?;
         if output.len() != batch * FEATURE_DIM {
             return Err(ModelError::Inference {
                 engine: self.engine_name,

@@ -238,7 +238,11 @@ impl Location {
             self.delete(key).await?;
         }
         if self.kind == StoreKind::Local {
-            remove_empty_dirs(&std::path::Path::new(&self.display_root).join(relative));
+            let dir = std::path::Path::new(&self.display_root).join(relative);
+            remove_empty_dirs(&dir);
+            if !relative.is_empty() {
+                let _ = std::fs::remove_dir(&dir);
+            }
         }
         Ok(keys.len())
     }
