@@ -279,3 +279,91 @@ fn to_struct(results: Vec<std::result::Result<Vec<f32>, (&'static str, String)>>
     ];
     Arc::new(StructArray::new(result_fields(), columns, None))
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::ListArray;
+    use datafusion::execution::FunctionRegistry;
+    use datafusion::prelude::{SessionContext, col, lit};
+    use verger_model::{EngineChoice, EngineConfig};
+    use verger_store::NameFilter;
+
+    use super::*;
+    use crate::ImageTable;
+
+    fn sample_image(label: &str) -> std::path::PathBuf {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/datasets/fruits360-sample/Training")
+            .join(label);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("the shared sample must sit beside the repo ({}): {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files.remove(0)
+    }
+
+    /// Listing and reading are separate moments: an object can vanish in
+    /// between. It must become a `read` error row, and its neighbours features.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_deleted_after_listing_becomes_a_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for (label, name) in [("Banana", "kept.jpg"), ("Lemon", "deleted.jpg")] {
+            std::fs::create_dir_all(dir.path().join(label)).unwrap();
+            std::fs::copy(sample_image(label), dir.path().join(label).join(name)).unwrap();
+        }
+        let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let metrics = Arc::new(StageMetrics::default());
+        let model_path = verger_model::resolve_model_path(None).unwrap();
+        let config = EngineConfig {
+            choice: EngineChoice::Auto,
+            threads: 2,
+            ort_library: None,
+            batch_size: 8,
+        };
+        let model = SharedModel::load(&model_path, &config).unwrap();
+        let context = Arc::new(FeaturizeContext::new(model, PreprocessConfig::default(), metrics.clone()));
+        let ctx = SessionContext::new();
+        crate::register_functions(&ctx, context);
+        let table = ImageTable::new(location.clone(), NameFilter::new("*.jpg").unwrap(), 8, metrics.clone());
+        ctx.register_table("images", Arc::new(table.into_table().unwrap())).unwrap();
+
+        let listed = ctx.table("images").await.unwrap().collect().await.unwrap();
+        assert_eq!(listed.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        std::fs::remove_file(dir.path().join("Lemon/deleted.jpg")).unwrap();
+
+        ctx.register_batch("listed", datafusion::arrow::compute::concat_batches(&listed[0].schema(), &listed).unwrap())
+            .unwrap();
+        let featurize = ctx.udf(FeaturizeUdf::NAME).unwrap();
+        let out = ctx
+            .table("listed")
+            .await
+            .unwrap()
+            .select(vec![
+                col("path"),
+                featurize.call(vec![lit(location.display_root()), col("key")]).alias("r"),
+            ])
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let batch = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
+        let paths = batch.column(0).as_string::<i32>();
+        let result = batch.column(1).as_struct();
+        let features = result.column(0).as_any().downcast_ref::<ListArray>().unwrap();
+        let stages = result.column(1).as_string::<i32>();
+        let reasons = result.column(2).as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            if paths.value(row).ends_with("deleted.jpg") {
+                assert!(features.is_null(row));
+                assert_eq!(stages.value(row), STAGE_READ);
+                assert!(reasons.value(row).contains("not found"), "{}", reasons.value(row));
+            } else {
+                assert!(stages.is_null(row), "{}", reasons.value(row));
+                assert_eq!(features.value(row).len(), FEATURE_DIM);
+            }
+        }
+        assert_eq!(metrics.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.featurized.load(Ordering::Relaxed), 1);
+    }
+}

@@ -83,6 +83,16 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     }
     let filter = NameFilter::new(&config.glob)?;
     let input = Location::parse(&config.input).context("cannot open --input")?;
+    // One listing request up front: an empty input or a store that refuses
+    // us is reported before anything is loaded or written.
+    let first = verger_store::list_images(&input, &filter).next().await.transpose()?;
+    if first.is_none() {
+        bail!(
+            "no files matching {:?} under {}: nothing to do (check --input and --glob)",
+            config.glob,
+            input.display_root()
+        );
+    }
     let output_location =
         Location::parse_for_output(&config.output).context("cannot open --output")?;
     let output = OutputDir::prepare(output_location.clone(), config.overwrite).await?;

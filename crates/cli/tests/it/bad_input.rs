@@ -46,6 +46,7 @@ const REQUIRED: &[(&str, Expect)] = &[
     ("odd/cmyk.jpg", Expect::Features),
     ("odd/palette_alpha.png", Expect::Features),
     ("odd/one_pixel.jpg", Expect::Features),
+    ("odd/hash#and%20percent.jpg", Expect::Features),
     ("root level.jpg", Expect::Features),
     ("Äpfel Grün/ñ 1.jpg", Expect::Features),
     ("notes.txt", Expect::Ignored),
@@ -325,6 +326,9 @@ fn empty_input_fails_with_a_clear_message() {
     let out = tmp.path().join("out");
     let o = Verger::run(&empty, &out).exec().assert_failure();
     assert!(mentions_any(&o.stderr, &["no files"]), "{o:?}");
-    assert!(o.stderr.contains(empty.to_str().unwrap()), "message should name the input: {o:?}");
+    assert!(
+        o.stderr.contains(empty.to_str().unwrap()),
+        "message should name the input: {o:?}"
+    );
     assert!(!out.join("_SUCCESS").exists());
 }

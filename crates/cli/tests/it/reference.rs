@@ -101,8 +101,15 @@ fn ort_and_tract_engines_match_python_reference_and_each_other() {
             .assert_success();
         let run = RunDir::read(&out);
         assert_eq!(run.features.len(), paths.len(), "{engine}: {o:?}");
-        let name = run.run_json["model"]["engine"].as_str().unwrap_or_default().to_lowercase();
-        let want: &[&str] = if engine == "ort" { &["onnx", "ort"] } else { &["tract"] };
+        let name = run.run_json["model"]["engine"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        let want: &[&str] = if engine == "ort" {
+            &["onnx", "ort"]
+        } else {
+            &["tract"]
+        };
         assert!(
             want.iter().any(|w| name.contains(w)),
             "run.json model.engine should name {engine}: {}",

@@ -136,19 +136,31 @@ fn s3_wrong_secret_is_a_clear_error_without_leaking_it() {
     assert!(!out.join("_SUCCESS").exists());
 }
 
+/// A prefix with a space, an object directly under it (label = the prefix's
+/// last segment), and keys with non-ASCII and URL-special characters.
 #[test]
-fn s3_file_at_prefix_root_is_labelled_with_the_prefix() {
+fn s3_awkward_keys_and_object_at_prefix_root() {
     let s3 = SeaweedFs::start();
     s3.tool(["mb", "fruits"]);
     let tmp = tempdir();
     let input = tmp.path().join("in");
     let copied = crate::support::copy_sample_subset(&input, "Test", &["Lemon", "Mango"], 3);
-    std::fs::copy(&copied[0], input.join("loose.jpg")).unwrap();
-    s3.tool([
+    let extra = [
+        "loose.jpg",
+        "Äpfel Grün/ñ 1.jpg",
+        "Mango/hash#and%20percent.jpg",
+    ];
+    for (i, rel) in extra.iter().enumerate() {
+        let dst = input.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&copied[i], dst).unwrap();
+    }
+    let args: [&OsStr; 3] = [
         "upload".as_ref(),
         input.as_os_str(),
         "s3://fruits/My Batch/".as_ref(),
-    ]);
+    ];
+    s3.tool(args);
 
     let out = tmp.path().join("out");
     let o = Verger::run("s3://fruits/My Batch/", &out)
@@ -157,18 +169,36 @@ fn s3_file_at_prefix_root_is_labelled_with_the_prefix() {
         .exec()
         .assert_success();
     let run = RunDir::read(&out);
-    assert_eq!(run.features.len(), copied.len() + 1, "{o:?}");
-    let loose = run
-        .feature("s3://fruits/My Batch/loose.jpg")
-        .unwrap_or_else(|| {
-            panic!(
-                "no row for the root object: {:?}",
-                run.features.iter().map(|r| &r.path).collect::<Vec<_>>()
+    let mut want: BTreeSet<String> = copied
+        .iter()
+        .map(|p| {
+            format!(
+                "s3://fruits/My Batch/{}",
+                p.strip_prefix(&input).unwrap().to_str().unwrap()
             )
-        });
+        })
+        .collect();
+    want.extend(
+        extra
+            .iter()
+            .map(|rel| format!("s3://fruits/My Batch/{rel}")),
+    );
+    let got: BTreeSet<String> = run.features.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        got, want,
+        "features paths\n{o:?}\nerrors: {:#?}",
+        run.errors
+    );
+    assert!(run.errors.is_empty(), "{:#?}", run.errors);
+    let loose = run.feature("s3://fruits/My Batch/loose.jpg").unwrap();
     assert_eq!(loose.label, "My Batch");
+    assert_eq!(
+        run.feature("s3://fruits/My Batch/Äpfel Grün/ñ 1.jpg")
+            .unwrap()
+            .label,
+        "Äpfel Grün"
+    );
     for r in &run.features {
-        assert!(r.path.starts_with("s3://fruits/My Batch/"), "{}", r.path);
         assert_eq!(r.label, parent_name(&r.path), "{}", r.path);
     }
 }

@@ -137,8 +137,14 @@ fn sample_run_json_records_counts_model_and_engine() {
         "run.json model.sha256 must be the model file's sha256: {j}"
     );
     // ORT_DYLIB_PATH is set, so `--engine auto` must pick ONNX Runtime.
-    let engine = j["model"]["engine"].as_str().unwrap_or_default().to_lowercase();
-    assert!(engine.contains("onnx"), "run.json model.engine with auto + ORT lib available: {j}");
+    let engine = j["model"]["engine"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        engine.contains("onnx"),
+        "run.json model.engine with auto + ORT lib available: {j}"
+    );
     assert_eq!(j["parameters"]["k"].as_u64(), Some(DEFAULT_K as u64), "{j}");
     assert!(j["timings"].is_object(), "run.json timings: {j}");
     let pm = &s.run.pca_model;
@@ -159,9 +165,26 @@ fn sample_run_json_records_counts_model_and_engine() {
     );
 }
 
+/// Exactly the documented entries, nothing left over (e.g. `_staging/`),
+/// and `_SUCCESS` is the newest file.
 #[test]
-fn sample_run_success_marker_is_written_last() {
+fn sample_run_output_layout_and_success_marker() {
     let s = sample_run();
+    let entries: BTreeSet<String> = std::fs::read_dir(&s.out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let want: BTreeSet<String> = [
+        "features",
+        "errors",
+        "pca_model.json",
+        "run.json",
+        "_SUCCESS",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(entries, want, "top-level entries of {}", s.out.display());
     let marker = s.out.join("_SUCCESS");
     assert!(marker.is_file(), "_SUCCESS missing in {}", s.out.display());
     let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();

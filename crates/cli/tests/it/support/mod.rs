@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use output::RunDir;
+pub use output::{FeatureRow, RunDir};
 pub use runner::{RunOutput, Verger};
 
 /// The workspace root (two levels above this crate's manifest).
