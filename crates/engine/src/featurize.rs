@@ -86,8 +86,7 @@ impl FeaturizeContext {
         if let Some(location) = stores.get(root) {
             return Ok(location.clone());
         }
-        let location =
-            Location::parse(root).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let location = Location::parse(root).map_err(|e| DataFusionError::External(Box::new(e)))?;
         stores.insert(root.to_string(), location.clone());
         Ok(location)
     }
@@ -296,7 +295,12 @@ mod tests {
             .join("../../../shared/datasets/fruits360-sample/Training")
             .join(label);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("the shared sample must sit beside the repo ({}): {e}", dir.display()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the shared sample must sit beside the repo ({}): {e}",
+                    dir.display()
+                )
+            })
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
@@ -322,18 +326,31 @@ mod tests {
             batch_size: 8,
         };
         let model = SharedModel::load(&model_path, &config).unwrap();
-        let context = Arc::new(FeaturizeContext::new(model, PreprocessConfig::default(), metrics.clone()));
+        let context = Arc::new(FeaturizeContext::new(
+            model,
+            PreprocessConfig::default(),
+            metrics.clone(),
+        ));
         let ctx = SessionContext::new();
         crate::register_functions(&ctx, context);
-        let table = ImageTable::new(location.clone(), NameFilter::new("*.jpg").unwrap(), 8, metrics.clone());
-        ctx.register_table("images", Arc::new(table.into_table().unwrap())).unwrap();
+        let table = ImageTable::new(
+            location.clone(),
+            NameFilter::new("*.jpg").unwrap(),
+            8,
+            metrics.clone(),
+        );
+        ctx.register_table("images", Arc::new(table.into_table().unwrap()))
+            .unwrap();
 
         let listed = ctx.table("images").await.unwrap().collect().await.unwrap();
         assert_eq!(listed.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
         std::fs::remove_file(dir.path().join("Lemon/deleted.jpg")).unwrap();
 
-        ctx.register_batch("listed", datafusion::arrow::compute::concat_batches(&listed[0].schema(), &listed).unwrap())
-            .unwrap();
+        ctx.register_batch(
+            "listed",
+            datafusion::arrow::compute::concat_batches(&listed[0].schema(), &listed).unwrap(),
+        )
+        .unwrap();
         let featurize = ctx.udf(FeaturizeUdf::NAME).unwrap();
         let out = ctx
             .table("listed")
@@ -341,7 +358,9 @@ mod tests {
             .unwrap()
             .select(vec![
                 col("path"),
-                featurize.call(vec![lit(location.display_root()), col("key")]).alias("r"),
+                featurize
+                    .call(vec![lit(location.display_root()), col("key")])
+                    .alias("r"),
             ])
             .unwrap()
             .collect()
@@ -350,14 +369,22 @@ mod tests {
         let batch = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
         let paths = batch.column(0).as_string::<i32>();
         let result = batch.column(1).as_struct();
-        let features = result.column(0).as_any().downcast_ref::<ListArray>().unwrap();
+        let features = result
+            .column(0)
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .unwrap();
         let stages = result.column(1).as_string::<i32>();
         let reasons = result.column(2).as_string::<i32>();
         for row in 0..batch.num_rows() {
             if paths.value(row).ends_with("deleted.jpg") {
                 assert!(features.is_null(row));
                 assert_eq!(stages.value(row), STAGE_READ);
-                assert!(reasons.value(row).contains("not found"), "{}", reasons.value(row));
+                assert!(
+                    reasons.value(row).contains("not found"),
+                    "{}",
+                    reasons.value(row)
+                );
             } else {
                 assert!(stages.is_null(row), "{}", reasons.value(row));
                 assert_eq!(features.value(row).len(), FEATURE_DIM);

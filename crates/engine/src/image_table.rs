@@ -76,7 +76,9 @@ impl PartitionStream for ImageTable {
                     .into_iter()
                     .collect::<Result<_, _>>()
                     .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                metrics.listed.fetch_add(images.len() as u64, Ordering::Relaxed);
+                metrics
+                    .listed
+                    .fetch_add(images.len() as u64, Ordering::Relaxed);
                 to_batch(&images)
             });
         let finish = futures::stream::once(async move {

@@ -98,7 +98,10 @@ impl Accumulator for PcaAccumulator {
                 continue;
             }
             if end - start != dim {
-                return exec_err!("pca_fit: a features row has {} values, expected {dim}", end - start);
+                return exec_err!(
+                    "pca_fit: a features row has {} values, expected {dim}",
+                    end - start
+                );
             }
             match run_start {
                 Some(_) if start == run_end => run_end = end,

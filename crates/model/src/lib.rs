@@ -86,7 +86,9 @@ impl std::str::FromStr for EngineChoice {
             "auto" => Ok(EngineChoice::Auto),
             "ort" | "onnxruntime" => Ok(EngineChoice::Ort),
             "tract" => Ok(EngineChoice::Tract),
-            other => Err(format!("unknown engine {other:?} (expected auto, ort or tract)")),
+            other => Err(format!(
+                "unknown engine {other:?} (expected auto, ort or tract)"
+            )),
         }
     }
 }
@@ -129,7 +131,9 @@ pub fn resolve_model_path(explicit: Option<&Path>) -> Result<PathBuf, ModelError
     let mut tried = Vec::new();
     let starts = [
         std::env::current_dir().ok(),
-        std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)),
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
     ];
     for start in starts.into_iter().flatten() {
         for dir in start.ancestors() {
@@ -143,7 +147,10 @@ pub fn resolve_model_path(explicit: Option<&Path>) -> Result<PathBuf, ModelError
         }
     }
     Err(ModelError::NotFound {
-        tried: format!("no --model given; looked for {} and above", tried.join(", ")),
+        tried: format!(
+            "no --model given; looked for {} and above",
+            tried.join(", ")
+        ),
     })
 }
 
@@ -232,11 +239,18 @@ impl SharedModel {
         input: &[f32],
         batch: usize,
     ) -> (Result<Vec<f32>, ModelError>, std::time::Duration) {
-        assert_eq!(input.len(), batch * INPUT_LEN, "input is not batch × INPUT_LEN");
+        assert_eq!(
+            input.len(),
+            batch * INPUT_LEN,
+            "input is not batch × INPUT_LEN"
+        );
         if batch == 0 {
             return (Ok(Vec::new()), std::time::Duration::ZERO);
         }
-        let mut engine = self.engine.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut engine = self
+            .engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = std::time::Instant::now();
         let output = engine.features(input, batch);
         (self.check_output(output, batch), started.elapsed())

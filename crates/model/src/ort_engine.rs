@@ -28,7 +28,9 @@ pub fn find_onnxruntime_library(explicit: Option<&Path>) -> Result<PathBuf, Mode
     }
     let starts = [
         std::env::current_dir().ok(),
-        std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)),
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
     ];
     for start in starts.into_iter().flatten() {
         for dir in start.ancestors() {
@@ -75,7 +77,10 @@ static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = On
 fn init_environment(library: &Path) -> Result<&'static ort::environment::Environment, ModelError> {
     let env = ENVIRONMENT.get_or_init(|| {
         let builder = ort::init_from(library).map_err(|e| e.to_string())?;
-        builder.with_name("verger").build().map_err(|e| e.to_string())
+        builder
+            .with_name("verger")
+            .build()
+            .map_err(|e| e.to_string())
     });
     env.as_ref().map_err(|reason| ModelError::Load {
         engine: ENGINE,

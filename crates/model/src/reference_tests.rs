@@ -39,12 +39,26 @@ fn check_reference(choice: EngineChoice) {
     let (zeros, linspace) = features.split_at(FEATURE_DIM);
     let expect = |got: &[f32], want: &[f32], want_sum: f32| {
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-4, "{}: got {:?}, want {:?}", model.engine_name(), &got[..6], want);
+            assert!(
+                (g - w).abs() < 1e-4,
+                "{}: got {:?}, want {:?}",
+                model.engine_name(),
+                &got[..6],
+                want
+            );
         }
         let sum: f32 = got.iter().sum();
-        assert!((sum - want_sum).abs() / want_sum < 1e-4, "{}: sum {sum} vs {want_sum}", model.engine_name());
+        assert!(
+            (sum - want_sum).abs() / want_sum < 1e-4,
+            "{}: sum {sum} vs {want_sum}",
+            model.engine_name()
+        );
     };
-    expect(zeros, &[0.00778, 0.02472, 0.0, 0.0, 0.0, 0.06024], 129.28067);
+    expect(
+        zeros,
+        &[0.00778, 0.02472, 0.0, 0.0, 0.0, 0.06024],
+        129.28067,
+    );
     expect(linspace, &[0.04416, 0.0, 0.0, 0.0, 0.0, 0.7021], 196.33957);
 }
 
@@ -60,14 +74,27 @@ fn tract_matches_the_readme_reference_values() {
 
 #[test]
 fn a_missing_model_says_where_the_shared_one_lives() {
-    let err = resolve_model_path(Some(Path::new("/nope/model.onnx"))).unwrap_err().to_string();
-    assert!(err.contains("/nope/model.onnx") && err.contains("shared/models"), "{err}");
+    let err = resolve_model_path(Some(Path::new("/nope/model.onnx")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nope/model.onnx") && err.contains("shared/models"),
+        "{err}"
+    );
     assert!(err.contains("VERGER_MODEL"), "{err}");
 }
 
 #[test]
 fn engine_names_parse() {
     assert_eq!("ort".parse::<EngineChoice>().unwrap(), EngineChoice::Ort);
-    assert_eq!("tract".parse::<EngineChoice>().unwrap(), EngineChoice::Tract);
-    assert!("gpu".parse::<EngineChoice>().unwrap_err().contains("auto, ort or tract"));
+    assert_eq!(
+        "tract".parse::<EngineChoice>().unwrap(),
+        EngineChoice::Tract
+    );
+    assert!(
+        "gpu"
+            .parse::<EngineChoice>()
+            .unwrap_err()
+            .contains("auto, ort or tract")
+    );
 }

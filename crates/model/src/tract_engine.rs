@@ -71,11 +71,11 @@ impl FeatureEngine for TractEngine {
             let tensor = Tensor::from_shape(&[self.batch_size, 3, 224, 224], &padded)
                 .map_err(|e| failed(format!("{e:#}")))?;
             let plan = self.plan.clone();
-            let result = tract_linalg::multithread::multithread_tract_scope(
-                self.executor.clone(),
-                || plan.run(tvec!(tensor.into())),
-            )
-            .map_err(|e| failed(format!("{e:#}")))?;
+            let result =
+                tract_linalg::multithread::multithread_tract_scope(self.executor.clone(), || {
+                    plan.run(tvec!(tensor.into()))
+                })
+                .map_err(|e| failed(format!("{e:#}")))?;
             let values = result[0]
                 .to_plain_array_view::<f32>()
                 .map_err(|e| failed(format!("{e:#}")))?;

@@ -108,7 +108,11 @@ impl OutputDir {
             }
             location.delete(&location.key(SUCCESS_FILE)).await?;
             let removed = location.delete_all("").await?;
-            tracing::info!(removed, output = location.display_root(), "removed the previous result");
+            tracing::info!(
+                removed,
+                output = location.display_root(),
+                "removed the previous result"
+            );
         }
         Ok(OutputDir { location })
     }
@@ -118,7 +122,11 @@ impl OutputDir {
     }
 
     /// Writes a JSON document (pretty, so people can read it).
-    pub async fn write_json<T: serde::Serialize>(&self, file: &str, value: &T) -> Result<(), OutputError> {
+    pub async fn write_json<T: serde::Serialize>(
+        &self,
+        file: &str,
+        value: &T,
+    ) -> Result<(), OutputError> {
         let text = serde_json::to_vec_pretty(value).map_err(|e| OutputError::Encode {
             file: file.to_string(),
             reason: e.to_string(),

@@ -1,10 +1,10 @@
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::AsyncArrowWriter;
-use verger_store::object_store::buffered::BufWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use verger_store::Location;
+use verger_store::object_store::buffered::BufWriter;
 
 use crate::OutputError;
 
@@ -66,10 +66,13 @@ impl PartWriter {
             let (writer, target, rows) = self.current.as_mut().expect("opened above");
             let take = (PART_ROWS - *rows).min(batch.num_rows() - offset);
             let slice = batch.slice(offset, take);
-            writer.write(&slice).await.map_err(|e| OutputError::Parquet {
-                target: target.clone(),
-                reason: e.to_string(),
-            })?;
+            writer
+                .write(&slice)
+                .await
+                .map_err(|e| OutputError::Parquet {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                })?;
             *rows += take;
             offset += take;
             self.written.rows += take as u64;
@@ -81,7 +84,12 @@ impl PartWriter {
     }
 
     fn open(&mut self) -> Result<(), OutputError> {
-        let relative = format!("{}/{}-{:04}.parquet", self.dir, self.prefix, self.written.files.len());
+        let relative = format!(
+            "{}/{}-{:04}.parquet",
+            self.dir,
+            self.prefix,
+            self.written.files.len()
+        );
         let key = self.location.key(&relative);
         let target = self.location.display_key(&key);
         let props = WriterProperties::builder()
@@ -90,12 +98,13 @@ impl PartWriter {
             .set_created_by(format!("verger {}", env!("CARGO_PKG_VERSION")))
             .build();
         let sink = BufWriter::new(self.location.store().clone(), key);
-        let writer = AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(props)).map_err(|e| {
-            OutputError::Parquet {
-                target: target.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let writer =
+            AsyncArrowWriter::try_new(sink, self.schema.clone(), Some(props)).map_err(|e| {
+                OutputError::Parquet {
+                    target: target.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
         self.written.files.push(target.clone());
         self.current = Some((writer, target, 0));
         Ok(())

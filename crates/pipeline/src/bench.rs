@@ -61,7 +61,9 @@ pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
     let work = match &config.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
-            tempfile::Builder::new().prefix("verger-bench-").tempdir_in(dir)?
+            tempfile::Builder::new()
+                .prefix("verger-bench-")
+                .tempdir_in(dir)?
         }
         None => tempfile::Builder::new().prefix("verger-bench-").tempdir()?,
     };
@@ -87,7 +89,9 @@ pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
             if !input.exists() {
                 repeat_sample(&sample, &config.dataset, &input, count)?;
             }
-            let output = work.path().join(format!("output-{}-{count}", model.engine_name()));
+            let output = work
+                .path()
+                .join(format!("output-{}-{count}", model.engine_name()));
             let measured = run_child(verger_exe, config, engine, &model_path, &input, &output)?;
             let row = to_row(model.engine_name(), count, ceiling, &measured)?;
             eprintln!(
@@ -108,11 +112,16 @@ fn sample_images(dataset: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut stack = vec![dataset.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) {
+            } else if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("jpg"))
+            {
                 found.push(path);
             }
         }
@@ -137,7 +146,12 @@ fn repeat_sample(sample: &[PathBuf], dataset: &Path, target: &Path, count: usize
 }
 
 /// Batched inference on prepared tensors: what the engine alone can do.
-fn model_ceiling(model: &SharedModel, sample: &[PathBuf], batch: usize, batches: usize) -> Result<f64> {
+fn model_ceiling(
+    model: &SharedModel,
+    sample: &[PathBuf],
+    batch: usize,
+    batches: usize,
+) -> Result<f64> {
     let mut tensor = vec![0f32; batch * INPUT_LEN];
     for (i, chunk) in tensor.chunks_mut(INPUT_LEN).enumerate() {
         let bytes = std::fs::read(&sample[i % sample.len()])?;
@@ -222,7 +236,13 @@ fn to_row(engine: &str, images: usize, ceiling: f64, run: &ChildRun) -> Result<B
             .with_context(|| format!("run.json lacks {pointer}"))
     };
     let n = images as f64;
-    let rate = |seconds: f64| if seconds > 0.0 { n / seconds } else { f64::INFINITY };
+    let rate = |seconds: f64| {
+        if seconds > 0.0 {
+            n / seconds
+        } else {
+            f64::INFINITY
+        }
+    };
     // The run's own total excludes process start; the wall time includes it.
     let end_to_end = n / run.wall_s;
     Ok(BenchRow {

@@ -43,7 +43,11 @@ impl Progress {
                 );
                 bar
             });
-            let tick = if bar.is_some() { Duration::from_millis(200) } else { Duration::from_secs(10) };
+            let tick = if bar.is_some() {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(10)
+            };
             loop {
                 let finished = tokio::select! {
                     _ = tokio::time::sleep(tick) => false,

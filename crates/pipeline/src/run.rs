@@ -85,7 +85,10 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     let input = Location::parse(&config.input).context("cannot open --input")?;
     // One listing request up front: an empty input or a store that refuses
     // us is reported before anything is loaded or written.
-    let first = verger_store::list_images(&input, &filter).next().await.transpose()?;
+    let first = verger_store::list_images(&input, &filter)
+        .next()
+        .await
+        .transpose()?;
     if first.is_none() {
         bail!(
             "no files matching {:?} under {}: nothing to do (check --input and --glob)",
@@ -114,7 +117,11 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
         max_pixels: config.max_pixels,
         ..PreprocessConfig::default()
     };
-    let featurize = Arc::new(FeaturizeContext::new(model.clone(), preprocess, metrics.clone()));
+    let featurize = Arc::new(FeaturizeContext::new(
+        model.clone(),
+        preprocess,
+        metrics.clone(),
+    ));
     featurize.add_location(input.clone());
     let ctx = session(config, &output_location)?;
     verger_engine::register_functions(&ctx, featurize);
@@ -236,7 +243,11 @@ fn session(config: &RunConfig, output: &Location) -> Result<SessionContext> {
         .with_target_partitions(config.partitions.max(1))
         .with_batch_size(config.batch_size.max(1))
         .with_information_schema(false);
-    session_config.options_mut().execution.parquet.schema_force_view_types = false;
+    session_config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     let ctx = SessionContext::new_with_config(session_config);
     // Local folders are read through DataFusion's own file:// store; an S3
     // output needs the client configured from the environment.
@@ -264,7 +275,10 @@ async fn featurize_phase(
             col("path"),
             col("label"),
             featurize
-                .call(vec![lit(ScalarValue::from(input.display_root())), col("key")])
+                .call(vec![
+                    lit(ScalarValue::from(input.display_root())),
+                    col("key"),
+                ])
                 .alias("result"),
         ])?;
     let plan = frame.create_physical_plan().await?;
@@ -282,7 +296,8 @@ async fn featurize_phase(
         tasks.spawn(async move {
             let prefix = format!("part-{partition:03}");
             let staging_dir = format!("{STAGING_DIR}/{FEATURES_DIR}");
-            let mut staged = PartWriter::new(&location, &staging_dir, &prefix, staged_features_schema());
+            let mut staged =
+                PartWriter::new(&location, &staging_dir, &prefix, staged_features_schema());
             let mut errors = PartWriter::new(&location, ERRORS_DIR, &prefix, errors_schema());
             if partition == 0 {
                 errors = errors.keep_empty();
@@ -296,8 +311,15 @@ async fn featurize_phase(
                 for row in 0..failed.num_rows() {
                     let stage = failed.column(2).as_string::<i32>().value(row);
                     let reason = failed.column(3).as_string::<i32>().value(row);
-                    tracing::warn!(path = failed.column(0).as_string::<i32>().value(row), stage, reason, "image skipped");
-                    *summary.entry(format!("{stage}: {}", reason_kind(reason))).or_default() += 1;
+                    tracing::warn!(
+                        path = failed.column(0).as_string::<i32>().value(row),
+                        stage,
+                        reason,
+                        "image skipped"
+                    );
+                    *summary
+                        .entry(format!("{stage}: {}", reason_kind(reason)))
+                        .or_default() += 1;
                 }
                 let total = errors_so_far.fetch_add(failed.num_rows() as u64, Ordering::SeqCst)
                     + failed.num_rows() as u64;
@@ -379,7 +401,10 @@ fn split_results(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch)> {
 async fn fit_stats(ctx: &SessionContext, staged: DataFrame) -> Result<verger_pca::PcaStats> {
     let pca_fit = ctx.udaf(verger_engine::PcaFitUdaf::NAME)?;
     let batches = staged
-        .aggregate(vec![], vec![pca_fit.call(vec![col("features")]).alias("stats")])?
+        .aggregate(
+            vec![],
+            vec![pca_fit.call(vec![col("features")]).alias("stats")],
+        )?
         .collect()
         .await?;
     let bytes = batches
@@ -400,8 +425,12 @@ async fn write_partitions(frame: DataFrame, output: &Location, dir: &str) -> Res
         let output = output.clone();
         let dir = dir.to_string();
         tasks.spawn(async move {
-            let mut writer =
-                PartWriter::new(&output, &dir, &format!("part-{partition:03}"), features_schema());
+            let mut writer = PartWriter::new(
+                &output,
+                &dir,
+                &format!("part-{partition:03}"),
+                features_schema(),
+            );
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 let batch = RecordBatch::try_new(features_schema(), batch.columns().to_vec())?;

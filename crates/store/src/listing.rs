@@ -141,20 +141,32 @@ mod tests {
         let summary: Vec<(String, String, u64)> = found
             .iter()
             .map(|i| {
-                let rel = i.path.strip_prefix(location.display_root()).unwrap().to_string();
+                let rel = i
+                    .path
+                    .strip_prefix(location.display_root())
+                    .unwrap()
+                    .to_string();
                 (rel, i.label.clone(), i.size)
             })
             .collect();
         assert_eq!(
             summary,
             vec![
-                ("/Training/Apple Braeburn/r0_40.jpg".into(), "Apple Braeburn".into(), 1),
+                (
+                    "/Training/Apple Braeburn/r0_40.jpg".into(),
+                    "Apple Braeburn".into(),
+                    1
+                ),
                 ("/top.jpg".into(), "root".into(), 3),
                 ("/Äpfel Grün/ñ 1.jpg".into(), "Äpfel Grün".into(), 2),
             ]
         );
         for image in &found {
-            assert!(std::path::Path::new(&image.path).is_file(), "{}", image.path);
+            assert!(
+                std::path::Path::new(&image.path).is_file(),
+                "{}",
+                image.path
+            );
         }
     }
 }

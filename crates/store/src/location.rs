@@ -56,9 +56,7 @@ impl Location {
             {
                 builder = builder.with_region(DEFAULT_REGION);
             }
-            let store = builder
-                .build()
-                .map_err(|e| invalid(&crate::describe(&e)))?;
+            let store = builder.build().map_err(|e| invalid(&crate::describe(&e)))?;
             let prefix = Path::parse(prefix.trim_end_matches('/'))
                 .map_err(|e| invalid(&format!("bad prefix: {e}")))?;
             let display_root = if prefix.as_ref().is_empty() {
@@ -97,9 +95,8 @@ impl Location {
             target: folder.display().to_string(),
             reason: e.to_string(),
         })?;
-        let store = LocalFileSystem::new_with_prefix(&folder).map_err(|e| {
-            StoreError::access("open folder", folder.display().to_string(), e)
-        })?;
+        let store = LocalFileSystem::new_with_prefix(&folder)
+            .map_err(|e| StoreError::access("open folder", folder.display().to_string(), e))?;
         Ok(Location {
             store: Arc::new(store),
             prefix: Path::default(),
@@ -174,7 +171,7 @@ impl Location {
             StoreKind::S3 { bucket } => self
                 .prefix
                 .parts()
-                .last()
+                .next_back()
                 .map(|p| percent_decode(p.as_ref()))
                 .unwrap_or_else(|| bucket.clone()),
         }
@@ -193,7 +190,11 @@ impl Location {
             .map_err(|e| StoreError::access("read", target(), e))
     }
 
-    pub async fn write(&self, relative: &str, data: impl Into<PutPayload>) -> Result<(), StoreError> {
+    pub async fn write(
+        &self,
+        relative: &str,
+        data: impl Into<PutPayload>,
+    ) -> Result<(), StoreError> {
         let key = self.key(relative);
         self.store
             .put(&key, data.into())
@@ -297,7 +298,12 @@ mod tests {
     #[test]
     fn s3_location_keeps_bucket_and_prefix() {
         let loc = Location::parse("s3://fruits/images/").unwrap();
-        assert_eq!(loc.kind(), &StoreKind::S3 { bucket: "fruits".into() });
+        assert_eq!(
+            loc.kind(),
+            &StoreKind::S3 {
+                bucket: "fruits".into()
+            }
+        );
         assert_eq!(loc.display_root(), "s3://fruits/images");
         assert_eq!(loc.key("Training/a.jpg").as_ref(), "images/Training/a.jpg");
         assert_eq!(loc.root_name(), "images");
@@ -321,7 +327,9 @@ mod tests {
 
     #[test]
     fn missing_local_folder_is_named() {
-        let err = Location::parse("/definitely/not/here").unwrap_err().to_string();
+        let err = Location::parse("/definitely/not/here")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/definitely/not/here"), "{err}");
     }
 
