@@ -8,6 +8,9 @@ use std::time::Duration;
 pub struct StageMetrics {
     pub listed: AtomicU64,
     pub listing_done: std::sync::atomic::AtomicBool,
+    /// Images the input holds, from a count-only listing running ahead of
+    /// the work (0 until it finishes); only the progress display uses it.
+    pub expected: AtomicU64,
     pub featurized: AtomicU64,
     pub failed: AtomicU64,
     pub list_ns: AtomicU64,

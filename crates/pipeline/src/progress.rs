@@ -57,7 +57,9 @@ impl Progress {
                 let done = metrics.featurized.load(Ordering::Relaxed)
                     + metrics.failed.load(Ordering::Relaxed);
                 let failed = metrics.failed.load(Ordering::Relaxed);
-                let listing = !metrics.listing_done.load(Ordering::Relaxed);
+                let expected = metrics.expected.load(Ordering::Relaxed);
+                let listing = !metrics.listing_done.load(Ordering::Relaxed) && expected == 0;
+                let listed = listed.max(expected);
                 match &bar {
                     Some(bar) => {
                         bar.set_length(listed);

@@ -125,13 +125,15 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     featurize.add_location(input.clone());
     let ctx = session(config, &output_location)?;
     verger_engine::register_functions(&ctx, featurize);
-    let table = ImageTable::new(input.clone(), filter, config.batch_size, metrics.clone());
+    let table = ImageTable::new(input.clone(), filter.clone(), config.batch_size, metrics.clone());
     ctx.register_table("images", Arc::new(table.into_table()?))?;
 
     // 1. featurize
     let phase = Instant::now();
     let progress = Progress::start(config.progress, metrics.clone());
+    let counter = tokio::spawn(count_images(input.clone(), filter.clone(), metrics.clone()));
     let featurized = featurize_phase(&ctx, config, &input, &output).await;
+    counter.abort();
     progress.finish().await;
     let (staged_rows, error_rows, error_summary) = featurized?;
     let featurize_s = phase.elapsed().as_secs_f64();
@@ -234,6 +236,17 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     output.write_json(RUN_FILE, &report).await?;
     output.commit().await?;
     Ok(report)
+}
+
+/// Counts the input ahead of the work so progress can show a total and an
+/// ETA: only keys are listed (cheap next to featurizing), nothing is kept.
+async fn count_images(input: Location, filter: NameFilter, metrics: Arc<StageMetrics>) {
+    let mut images = verger_store::list_images(&input, &filter);
+    let mut count = 0;
+    while let Some(Ok(_)) = images.next().await {
+        count += 1;
+    }
+    metrics.expected.store(count, Ordering::Relaxed);
 }
 
 fn session(config: &RunConfig, output: &Location) -> Result<SessionContext> {

@@ -124,6 +124,7 @@ fn s3_wrong_secret_is_a_clear_error_without_leaking_it() {
         .envs(&s3.env_with_secret(&wrong))
         .exec()
         .assert_failure();
+    eprintln!("wrong secret run: {o:?}");
     assert!(
         mentions_any(
             &o.stderr,
@@ -201,4 +202,75 @@ fn s3_awkward_keys_and_object_at_prefix_root() {
     for r in &run.features {
         assert_eq!(r.label, parent_name(&r.path), "{}", r.path);
     }
+}
+
+/// S3 output: refused when it exists, and `--overwrite` leaves no object of
+/// the previous result behind.
+#[test]
+fn s3_output_overwrite_removes_stale_objects() {
+    let s3 = SeaweedFs::start();
+    s3.tool(["mb", "fruits"]);
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    let copied = crate::support::copy_sample_subset(&input, "Test", &["Peach", "Plum"], 2);
+    let args: [&OsStr; 3] = [
+        "upload".as_ref(),
+        input.as_os_str(),
+        "s3://fruits/in/".as_ref(),
+    ];
+    s3.tool(args);
+    Verger::run("s3://fruits/in/", "s3://fruits/out/")
+        .envs(&s3.env())
+        .args(["--k", "2"])
+        .exec()
+        .assert_success();
+
+    // Leftovers an older run could have left.
+    let stale = tmp.path().join("stale");
+    std::fs::create_dir_all(stale.join("features")).unwrap();
+    std::fs::write(stale.join("stale.txt"), "old").unwrap();
+    std::fs::write(stale.join("features/old.parquet"), "not parquet").unwrap();
+    let args: [&OsStr; 3] = [
+        "upload".as_ref(),
+        stale.as_os_str(),
+        "s3://fruits/out/".as_ref(),
+    ];
+    s3.tool(args);
+
+    let refused = Verger::run("s3://fruits/in/", "s3://fruits/out/")
+        .envs(&s3.env())
+        .args(["--k", "2"])
+        .exec()
+        .assert_failure();
+    assert!(refused.combined().contains("--overwrite"), "{refused:?}");
+
+    let o = Verger::run("s3://fruits/in/", "s3://fruits/out/")
+        .envs(&s3.env())
+        .args(["--k", "2", "--overwrite"])
+        .exec()
+        .assert_success();
+    let keys: Vec<String> = s3.tool(["ls", "s3://fruits/out/"])["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !keys.contains(&"out/stale.txt".to_string()),
+        "stale.txt survived --overwrite: {keys:?}"
+    );
+    assert!(
+        !keys.contains(&"out/features/old.parquet".to_string()),
+        "old.parquet survived: {keys:?}"
+    );
+    assert!(keys.contains(&"out/_SUCCESS".to_string()), "{keys:?}");
+    let dl = tmp.path().join("dl");
+    s3.tool([
+        "download".as_ref(),
+        "s3://fruits/out/".as_ref(),
+        dl.as_os_str(),
+    ]);
+    let run = RunDir::read(&dl);
+    assert_eq!(run.features.len(), copied.len(), "{o:?}");
+    assert_eq!(run.counts(), (copied.len() as u64, copied.len() as u64, 0));
 }

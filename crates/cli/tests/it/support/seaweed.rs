@@ -106,7 +106,15 @@ impl SeaweedFs {
                 access_key: access_key.clone(),
                 secret_key: secret_key.clone(),
             };
-            if server.wait_until_listening(Duration::from_secs(60)) {
+            // Every port but the admin UI's (disabled) must be taken by weed
+            // before the lock is released, so no other server can pick it.
+            let ports: Vec<u16> = p
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != 8)
+                .map(|(_, &p)| p)
+                .collect();
+            if server.wait_until_listening(&ports, Duration::from_secs(60)) {
                 return server;
             }
             last_log = server.log();
@@ -115,14 +123,20 @@ impl SeaweedFs {
         panic!("SeaweedFS did not start; last log:\n{last_log}");
     }
 
-    fn wait_until_listening(&mut self, timeout: Duration) -> bool {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.s3_port).parse().unwrap();
+    fn wait_until_listening(&mut self, ports: &[u16], timeout: Duration) -> bool {
         let start = Instant::now();
+        let mut pending: Vec<SocketAddr> = ports
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect();
         while start.elapsed() < timeout {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            pending.retain(|addr| {
+                TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err()
+            });
+            if pending.is_empty() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
