@@ -227,12 +227,17 @@ fn read_all(
     location: &Location,
     keys: &datafusion::arrow::array::StringArray,
 ) -> Result<Vec<std::result::Result<bytes::Bytes, String>>> {
-    let keys: Vec<ObjectKey> = keys
+    // The table holds keys in their stored (already encoded) form: parse,
+    // never re-encode, or `%` and non-ASCII names would no longer match.
+    let keys: Vec<Result<ObjectKey, String>> = keys
         .iter()
-        .map(|k| ObjectKey::from(k.unwrap_or_default()))
+        .map(|k| {
+            ObjectKey::parse(k.unwrap_or_default()).map_err(|e| format!("invalid object key: {e}"))
+        })
         .collect();
     let fetch = async {
         futures::stream::iter(keys.iter().map(|key| async move {
+            let key = key.as_ref().map_err(Clone::clone)?;
             location.read(key).await.map_err(|e| match e {
                 verger_store::StoreError::Access { reason, .. } => reason,
                 other => other.to_string(),

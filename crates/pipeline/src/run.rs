@@ -125,7 +125,12 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     featurize.add_location(input.clone());
     let ctx = session(config, &output_location)?;
     verger_engine::register_functions(&ctx, featurize);
-    let table = ImageTable::new(input.clone(), filter.clone(), config.batch_size, metrics.clone());
+    let table = ImageTable::new(
+        input.clone(),
+        filter.clone(),
+        config.batch_size,
+        metrics.clone(),
+    );
     ctx.register_table("images", Arc::new(table.into_table()?))?;
 
     // 1. featurize

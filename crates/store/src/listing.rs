@@ -2,7 +2,6 @@ use futures::stream::{BoxStream, StreamExt};
 use globset::{GlobBuilder, GlobMatcher};
 use object_store::path::Path;
 
-use crate::location::decode_part;
 use crate::{Location, StoreError};
 
 /// Which files count as images: a glob on the file *name* only (not the folders).
@@ -63,8 +62,7 @@ pub fn list_images(
     filter: &NameFilter,
 ) -> BoxStream<'static, Result<ListedImage, StoreError>> {
     let prefix = location.prefix().clone();
-    let listing_prefix = (!prefix.as_ref().is_empty()).then_some(prefix.clone());
-    let root_name = location.root_name();
+    let listing_prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
     let location = location.clone();
     let filter = filter.clone();
     location
@@ -78,15 +76,11 @@ pub fn list_images(
                     e,
                 ))),
                 Ok(meta) => {
-                    let parts: Vec<String> = meta
-                        .location
-                        .prefix_match(&prefix)
-                        .map(|rel| rel.map(|p| decode_part(p.as_ref())).collect())
-                        .unwrap_or_default();
-                    match parts.split_last() {
-                        Some((name, folders)) if filter.matches(name) => Some(Ok(ListedImage {
-                            path: location.display_key(&meta.location),
-                            label: folders.last().cloned().unwrap_or_else(|| root_name.clone()),
+                    let path = location.display_key(&meta.location);
+                    match location.name_and_label(&meta.location, &path) {
+                        Some((name, label)) if filter.matches(&name) => Some(Ok(ListedImage {
+                            path,
+                            label,
                             key: meta.location,
                             size: meta.size,
                             last_modified_ms: meta.last_modified.timestamp_millis(),
@@ -104,6 +98,7 @@ pub fn list_images(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ObjectKey;
 
     #[test]
     fn glob_matches_names_case_insensitively() {
@@ -130,6 +125,7 @@ mod tests {
         std::fs::write(root.join("Training/Apple Braeburn/r0_40.jpg"), b"x").unwrap();
         std::fs::write(root.join("Äpfel Grün/ñ 1.jpg"), b"xy").unwrap();
         std::fs::write(root.join("top.jpg"), b"xyz").unwrap();
+        std::fs::write(root.join("Äpfel Grün/a#b%20c.jpg"), b"wxyz").unwrap();
         std::fs::write(root.join("Training/readme.txt"), b"no").unwrap();
         let location = Location::parse(root.to_str().unwrap()).unwrap();
         let filter = NameFilter::new("*.jpg").unwrap();
@@ -158,6 +154,7 @@ mod tests {
                     1
                 ),
                 ("/top.jpg".into(), "root".into(), 3),
+                ("/Äpfel Grün/a#b%20c.jpg".into(), "Äpfel Grün".into(), 4),
                 ("/Äpfel Grün/ñ 1.jpg".into(), "Äpfel Grün".into(), 2),
             ]
         );
@@ -167,6 +164,10 @@ mod tests {
                 "{}",
                 image.path
             );
+            // The key survives a trip through a string column, as in the table.
+            let key = ObjectKey::parse(image.key.as_ref()).unwrap();
+            let bytes = location.read(&key).await.unwrap();
+            assert_eq!(bytes.len() as u64, image.size, "{}", image.path);
         }
     }
 }

@@ -20,6 +20,8 @@ pub enum StoreKind {
 #[derive(Debug, Clone)]
 pub struct Location {
     store: Arc<dyn ObjectStore>,
+    /// The same store when local: it alone knows how keys map to file names.
+    local: Option<Arc<LocalFileSystem>>,
     prefix: Path,
     kind: StoreKind,
     /// How users see the root: an absolute folder or `s3://bucket/prefix`.
@@ -66,6 +68,7 @@ impl Location {
             };
             return Ok(Location {
                 store: Arc::new(store),
+                local: None,
                 prefix,
                 kind: StoreKind::S3 {
                     bucket: bucket.to_string(),
@@ -97,8 +100,10 @@ impl Location {
         })?;
         let store = LocalFileSystem::new_with_prefix(&folder)
             .map_err(|e| StoreError::access("open folder", folder.display().to_string(), e))?;
+        let store = Arc::new(store);
         Ok(Location {
-            store: Arc::new(store),
+            local: Some(store.clone()),
+            store,
             prefix: Path::default(),
             kind: StoreKind::Local,
             display_root: folder.display().to_string(),
@@ -149,15 +154,45 @@ impl Location {
     /// How users see one object of this store: an absolute file path or an
     /// `s3://` URL. This is what the `path` column holds.
     pub fn display_key(&self, key: &Path) -> String {
-        match &self.kind {
-            StoreKind::Local => {
-                let mut path = std::path::PathBuf::from(&self.display_root);
-                for part in key.parts() {
-                    path.push(percent_decode(part.as_ref()));
-                }
-                path.display().to_string()
+        match (&self.kind, &self.local) {
+            (StoreKind::Local, Some(local)) => match local.path_to_filesystem(key) {
+                Ok(path) => path.display().to_string(),
+                Err(_) => format!("{}/{key}", self.display_root),
+            },
+            _ => {
+                let bucket = match &self.kind {
+                    StoreKind::S3 { bucket } => bucket.as_str(),
+                    StoreKind::Local => "",
+                };
+                format!("s3://{bucket}/{key}")
             }
-            StoreKind::S3 { bucket } => format!("s3://{bucket}/{key}"),
+        }
+    }
+
+    /// The file name and label (parent folder's name, or the root's name for
+    /// a file directly under it) of an object below this location.
+    pub fn name_and_label(&self, key: &Path, display: &str) -> Option<(String, String)> {
+        match self.kind {
+            StoreKind::Local => {
+                let path = std::path::Path::new(display);
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                let parent = path.parent()?;
+                let label = if parent == std::path::Path::new(&self.display_root) {
+                    self.root_name()
+                } else {
+                    parent.file_name()?.to_string_lossy().into_owned()
+                };
+                Some((name, label))
+            }
+            StoreKind::S3 { .. } => {
+                let parts: Vec<String> = key
+                    .prefix_match(&self.prefix)?
+                    .map(|part| part.as_ref().to_string())
+                    .collect();
+                let (name, folders) = parts.split_last()?;
+                let label = folders.last().cloned().unwrap_or_else(|| self.root_name());
+                Some((name.clone(), label))
+            }
         }
     }
 
@@ -172,7 +207,7 @@ impl Location {
                 .prefix
                 .parts()
                 .next_back()
-                .map(|p| percent_decode(p.as_ref()))
+                .map(|p| p.as_ref().to_string())
                 .unwrap_or_else(|| bucket.clone()),
         }
     }
@@ -262,35 +297,6 @@ fn remove_empty_dirs(dir: &std::path::Path) {
     }
 }
 
-/// `object_store` percent-encodes a few characters in path parts; users want
-/// the name as it is on disk.
-fn percent_decode(part: &str) -> String {
-    let bytes = part.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push(h * 16 + l);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| part.to_string())
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-pub(crate) fn decode_part(part: &str) -> String {
-    percent_decode(part)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,12 +337,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/definitely/not/here"), "{err}");
-    }
-
-    #[test]
-    fn percent_decoding_restores_names() {
-        assert_eq!(percent_decode("a%20b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }
