@@ -103,7 +103,7 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "ort")]
     engines: Vec<EngineArg>,
     /// Batches timed for the model-only ceiling
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 40)]
     ceiling_batches: usize,
     /// Folder for the repeated inputs and outputs [default: a temporary folder]
     #[arg(long)]
@@ -159,6 +159,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let outcome = match cli.command {
         Command::Run(args) => run(args),

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use datafusion::arrow::array::{Int64Builder, RecordBatch, StringBuilder, UInt64Builder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -68,7 +67,6 @@ impl PartitionStream for ImageTable {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let metrics = self.metrics.clone();
         let done_metrics = self.metrics.clone();
-        let started = Instant::now();
         let batches = list_images(&self.location, &self.filter)
             .chunks(self.batch_size)
             .map(move |chunk| {
@@ -82,7 +80,6 @@ impl PartitionStream for ImageTable {
                 to_batch(&images)
             });
         let finish = futures::stream::once(async move {
-            StageMetrics::add(&done_metrics.list_ns, started.elapsed());
             done_metrics.listing_done.store(true, Ordering::Relaxed);
         })
         .filter_map(|()| futures::future::ready(None));

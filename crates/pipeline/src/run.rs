@@ -246,12 +246,16 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
 /// Counts the input ahead of the work so progress can show a total and an
 /// ETA: only keys are listed (cheap next to featurizing), nothing is kept.
 async fn count_images(input: Location, filter: NameFilter, metrics: Arc<StageMetrics>) {
+    let started = Instant::now();
     let mut images = verger_store::list_images(&input, &filter);
     let mut count = 0;
     while let Some(Ok(_)) = images.next().await {
         count += 1;
     }
     metrics.expected.store(count, Ordering::Relaxed);
+    // The listing that feeds the work waits on it; this one shows what
+    // listing alone costs.
+    StageMetrics::add(&metrics.list_ns, started.elapsed());
 }
 
 fn session(config: &RunConfig, output: &Location) -> Result<SessionContext> {
