@@ -128,30 +128,44 @@ pub fn resolve_model_path(explicit: Option<&Path>) -> Result<PathBuf, ModelError
             })
         };
     }
-    let mut tried = Vec::new();
-    let starts = [
-        std::env::current_dir().ok(),
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf)),
-    ];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
-            let candidate = dir.join("shared/models").join(DEFAULT_MODEL_FILE);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-            if tried.len() < 2 {
-                tried.push(candidate.display().to_string());
-            }
-        }
+    let found = search_upwards(|dir| {
+        let candidate = dir.join("shared/models").join(DEFAULT_MODEL_FILE);
+        candidate.is_file().then_some(candidate)
+    });
+    if let Some(found) = found {
+        return Ok(found);
     }
+    let tried: Vec<String> = std::env::current_dir()
+        .into_iter()
+        .map(|dir| {
+            dir.join("shared/models")
+                .join(DEFAULT_MODEL_FILE)
+                .display()
+                .to_string()
+        })
+        .collect();
     Err(ModelError::NotFound {
         tried: format!(
             "no --model given; looked for {} and above",
             tried.join(", ")
         ),
     })
+}
+
+/// The first hit of `probe` on the current folder, the executable's folder,
+/// or any of their parents: how verger finds the shared model and the
+/// project's `.venv` without being told.
+pub(crate) fn search_upwards(mut probe: impl FnMut(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    let starts = [
+        std::env::current_dir().ok(),
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+    ];
+    starts
+        .into_iter()
+        .flatten()
+        .find_map(|start| start.ancestors().find_map(&mut probe))
 }
 
 /// Settings for loading an engine.

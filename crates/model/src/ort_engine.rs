@@ -26,18 +26,8 @@ pub fn find_onnxruntime_library(explicit: Option<&Path>) -> Result<PathBuf, Mode
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
         return existing(Path::new(&path));
     }
-    let starts = [
-        std::env::current_dir().ok(),
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf)),
-    ];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
-            if let Some(found) = venv_library(&dir.join(".venv")) {
-                return Ok(found);
-            }
-        }
+    if let Some(found) = crate::search_upwards(|dir| venv_library(&dir.join(".venv"))) {
+        return Ok(found);
     }
     Err(ModelError::OrtLibraryMissing {
         tried: "no ORT_DYLIB_PATH, no .venv with onnxruntime found".into(),
