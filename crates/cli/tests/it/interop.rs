@@ -88,3 +88,36 @@ fn pandas_pyarrow_and_duckdb_read_the_output() {
         "{d}"
     );
 }
+
+/// The reference system ran on Spark: its reader must take the output as-is.
+#[test]
+fn pyspark_reads_the_output() {
+    let s = sample_run();
+    let n = s.run.features.len() as u64;
+    let k = s.run.k() as u64;
+    let labels = histogram(s.run.features.iter().map(|r| r.label.as_str()));
+    let v: Value = python_json("spark_read.py", [s.out.as_os_str()]);
+    assert_eq!(v["rows"].as_u64(), Some(n), "{v}");
+    assert_eq!(
+        v["distinct_labels"].as_u64(),
+        Some(labels.len() as u64),
+        "{v}"
+    );
+    assert_eq!(
+        v["schema"],
+        json!({"path": "string", "label": "string", "features": "array<float>", "pca": "array<double>"}),
+        "{v}"
+    );
+    assert_eq!(
+        v["errors_schema"],
+        json!({"path": "string", "label": "string", "stage": "string", "reason": "string"}),
+        "{v}"
+    );
+    assert_eq!(v["features_len"], json!([FEATURE_DIM, FEATURE_DIM]), "{v}");
+    assert_eq!(v["pca_len"], json!([k, k]), "{v}");
+    assert_eq!(
+        v["error_rows"].as_u64(),
+        Some(s.run.errors.len() as u64),
+        "{v}"
+    );
+}
