@@ -57,8 +57,6 @@ pub struct FeaturizeContext {
     pub preprocess: PreprocessConfig,
     pub metrics: Arc<StageMetrics>,
     stores: Mutex<HashMap<String, Location>>,
-    /// Decoding and inference take turns (see `featurize_batch`).
-    compute: Mutex<()>,
 }
 
 impl FeaturizeContext {
@@ -72,7 +70,6 @@ impl FeaturizeContext {
             preprocess,
             metrics,
             stores: Mutex::new(HashMap::new()),
-            compute: Mutex::new(()),
         }
     }
 
@@ -100,12 +97,6 @@ impl FeaturizeContext {
         &self,
         inputs: Vec<std::result::Result<bytes::Bytes, String>>,
     ) -> Vec<std::result::Result<Vec<f32>, (&'static str, String)>> {
-        // Decoding runs while no batch is in the model, never beside it: the
-        // engine spreads each layer over every core and waits for its slowest
-        // thread, so a decoder stealing one core slows inference by far more
-        // than the decoding costs (measured: inference 13 % slower overlapped,
-        // decoding 3 % of the work). Reads still overlap, outside this lock.
-        let _turn = self.compute.lock().unwrap_or_else(|p| p.into_inner());
         let decode_started = Instant::now();
         let mut tensor = Vec::with_capacity(inputs.len() * TENSOR_LEN);
         let mut outcomes: Vec<std::result::Result<usize, (&'static str, String)>> =
