@@ -36,10 +36,8 @@ impl Progress {
             let bar = (mode == ProgressMode::Bar).then(|| {
                 let bar = ProgressBar::new(0);
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "{spinner} {pos}/{len} images {bar:30} {per_sec} ETA {eta} {msg}",
-                    )
-                    .expect("valid template"),
+                    ProgressStyle::with_template("{spinner} {pos}/{len} images {bar:30} {msg}")
+                        .expect("valid template"),
                 );
                 bar
             });
@@ -64,11 +62,23 @@ impl Progress {
                     Some(bar) => {
                         bar.set_length(listed);
                         bar.set_position(done);
-                        bar.set_message(match (listing, failed) {
-                            (true, _) => "(listing…)".to_string(),
-                            (false, 0) => String::new(),
-                            (false, n) => format!("{n} errors"),
-                        });
+                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                        let eta = match listing {
+                            true => "ETA ? (listing…)".to_string(),
+                            false if rate > 0.0 => {
+                                let left = listed.saturating_sub(done) as f64 / rate;
+                                format!(
+                                    "ETA {}",
+                                    indicatif::HumanDuration(Duration::from_secs_f64(left))
+                                )
+                            }
+                            false => "ETA ?".to_string(),
+                        };
+                        let errors = match failed {
+                            0 => String::new(),
+                            n => format!(", {n} errors"),
+                        };
+                        bar.set_message(format!("{rate:.1} images/s, {eta}{errors}"));
                     }
                     None if mode == ProgressMode::Lines && !finished => {
                         let elapsed = started.elapsed().as_secs_f64();
