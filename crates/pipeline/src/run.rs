@@ -96,10 +96,8 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
             input.display_root()
         );
     }
-    let output_location =
-        Location::parse_for_output(&config.output).context("cannot open --output")?;
-    let output = OutputDir::prepare(output_location.clone(), config.overwrite).await?;
-
+    // The model before the output: a missing model must not cost an
+    // --overwrite its previous result.
     let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
     let load_started = Instant::now();
     let engine_config = EngineConfig {
@@ -111,6 +109,10 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     let model = tokio::task::spawn_blocking(move || SharedModel::load(&model_path, &engine_config))
         .await??;
     let model_load_s = load_started.elapsed().as_secs_f64();
+
+    let output_location =
+        Location::parse_for_output(&config.output).context("cannot open --output")?;
+    let output = OutputDir::prepare(output_location.clone(), config.overwrite).await?;
 
     let metrics = Arc::new(StageMetrics::default());
     let preprocess = PreprocessConfig {

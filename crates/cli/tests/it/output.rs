@@ -81,3 +81,28 @@ fn overwrite_replaces_the_previous_run_entirely() {
         "_SUCCESS missing after overwrite"
     );
 }
+
+/// `--overwrite` removes the previous result only once the run can start:
+/// a missing model must fail before anything is deleted.
+#[test]
+fn overwrite_with_a_missing_model_keeps_the_previous_result() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    copy_sample_subset(&input, "Test", LABELS, 2);
+    let out = tmp.path().join("out");
+    Verger::run(&input, &out).exec().assert_success();
+    let before = snapshot(&out);
+
+    let missing = tmp.path().join("no-such-model.onnx");
+    let o = Verger::run_without_model(&input, &out)
+        .arg("--overwrite")
+        .arg("--model")
+        .arg(&missing)
+        .exec()
+        .assert_failure();
+    assert!(
+        o.combined().contains("no-such-model.onnx"),
+        "the error must name the missing model: {o:?}"
+    );
+    assert_eq!(snapshot(&out), before, "the previous result must survive");
+}
