@@ -20,7 +20,12 @@ for a local S3-compatible server. Logs: VERGER_LOG=debug (or RUST_LOG).",
     after_help = "Examples:\n  \
 verger run --input ../shared/datasets/fruits360-sample --output out/sample\n  \
 verger run --input s3://fruits/images/ --output s3://fruits/results/ --k 5\n  \
-verger bench --images 2000"
+verger bench --images 2000\n  \
+verger bench --images 4000 --cluster-executors 0,1,2\n\n\
+On a Ballista cluster (one scheduler, an executor per worker):\n  \
+verger scheduler --bind 0.0.0.0:50050\n  \
+verger executor --scheduler sched-host:50050 --concurrent-tasks 2\n  \
+verger run --cluster df://sched-host:50050 --input s3://fruits/images/ --output s3://fruits/results/"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +38,66 @@ enum Command {
     Run(RunArgs),
     /// Measure the pipeline against the model-only ceiling (and peak memory).
     Bench(BenchArgs),
+    /// Run a Ballista scheduler that accepts verger jobs (no model or store access needed).
+    Scheduler(SchedulerArgs),
+    /// Run a Ballista executor with verger's functions; it loads the model once and
+    /// reads/writes S3 with its own AWS environment (instance role, env vars).
+    Executor(ExecutorArgs),
+}
+
+#[derive(Args)]
+struct SchedulerArgs {
+    /// Address and port to listen on (gRPC, REST /api, /healthz and /readyz share it)
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    bind: std::net::SocketAddr,
+    /// Host name executors and clients use to reach this scheduler [default: the bind address]
+    #[arg(long)]
+    external_host: Option<String>,
+    /// Seconds without a heartbeat after which an executor is declared lost and its tasks re-run
+    #[arg(long, default_value_t = 30)]
+    executor_timeout: u64,
+    /// Seconds between checks for lost executors
+    #[arg(long, default_value_t = 5)]
+    expire_interval: u64,
+    /// /readyz answers 200 once this many executors are registered
+    #[arg(long, default_value_t = 1)]
+    min_executors: usize,
+    /// Write one JSON-lines event log per job here (which executor ran which task)
+    #[arg(long)]
+    event_log_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExecutorArgs {
+    /// The scheduler, as host:port (or df://host:port)
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    scheduler: String,
+    /// A stable name for this executor in logs and task records [default: a random id]
+    #[arg(long)]
+    id: Option<String>,
+    /// Address to listen on for Flight (shuffle data and results)
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_host: String,
+    /// Host name others use to reach this executor [default: as the scheduler sees it]
+    #[arg(long)]
+    external_host: Option<String>,
+    /// Flight port
+    #[arg(long, default_value_t = 50051)]
+    flight_port: u16,
+    /// Tasks run at once (each one reads and decodes while another's batch is in the model)
+    #[arg(long, default_value_t = 2)]
+    concurrent_tasks: usize,
+    /// Folder for shuffle files [default: a temporary folder]
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Seconds to wait for the scheduler at start-up
+    #[arg(long, default_value_t = 60)]
+    connect_timeout: u16,
+    /// Refuse images larger than this many pixels
+    #[arg(long, default_value_t = 64_000_000)]
+    max_pixels: u64,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args)]
@@ -87,6 +152,10 @@ struct RunArgs {
     /// Progress display: auto (bar on a terminal, lines otherwise), bar, lines, off
     #[arg(long, default_value = "auto")]
     progress: ProgressArg,
+    /// Run on a Ballista cluster: the scheduler as df://host:port. --partitions is then the
+    /// number of slices (tasks) the input is split into [default: 16]
+    #[arg(long, env = "VERGER_CLUSTER", value_name = "URL")]
+    cluster: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -111,6 +180,10 @@ struct BenchArgs {
     /// Also write the results as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where to run, comma-separated: 0 = embedded, N = a local Ballista scheduler
+    /// with N executors sharing this machine (e.g. 0,1,2)
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    cluster_executors: Vec<usize>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -155,7 +228,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("VERGER_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,verger=info,verger_pipeline=info,verger_model=info".into());
+        .unwrap_or_else(|_| "warn,verger=info,verger_pipeline=info,verger_model=info,verger_cluster=info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -164,6 +237,8 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => run(args),
         Command::Bench(args) => run_bench(args),
+        Command::Scheduler(args) => run_scheduler(args),
+        Command::Executor(args) => run_executor(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -198,10 +273,59 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(partitions) = args.partitions {
         config.partitions = partitions.max(1);
+    } else if args.cluster.is_some() {
+        config.partitions = DEFAULT_CLUSTER_SLICES;
     }
+    config.cluster = args.cluster;
     let report = runtime()?.block_on(verger_pipeline::run(&config))?;
     println!("{}", report.summary_line());
     Ok(())
+}
+
+/// Enough slices for a few executors to share the work evenly.
+const DEFAULT_CLUSTER_SLICES: usize = 16;
+
+fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let options = verger_cluster::SchedulerOptions {
+        bind: args.bind,
+        external_host: args.external_host,
+        executor_timeout_s: args.executor_timeout.max(2),
+        expire_interval_s: args.expire_interval.max(1),
+        min_executors: args.min_executors,
+        event_log_dir: args.event_log_dir.map(|d| d.display().to_string()),
+    };
+    runtime()?.block_on(verger_cluster::run_scheduler(options))
+}
+
+fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let scheduler = args.scheduler.strip_prefix("df://").unwrap_or(&args.scheduler);
+    let (host, port) = match scheduler.rsplit_once(':') {
+        Some((host, port)) => (host.to_string(), port.parse()?),
+        None => (scheduler.to_string(), verger_cluster::client::DEFAULT_PORT),
+    };
+    let options = verger_cluster::ExecutorOptions {
+        id: args
+            .id
+            .unwrap_or_else(|| format!("executor-{}", std::process::id())),
+        scheduler_host: host,
+        scheduler_port: port,
+        bind_host: args.bind_host,
+        external_host: args.external_host,
+        flight_port: args.flight_port,
+        concurrent_tasks: args.concurrent_tasks.max(1),
+        work_dir: args.work_dir,
+        connect_timeout_s: args.connect_timeout,
+        model: args.model.model,
+        engine: verger_pipeline::EngineConfig {
+            choice: args.model.engine.into(),
+            threads: args.model.threads.unwrap_or(cores).max(1),
+            ort_library: args.model.ort_library,
+            batch_size: args.model.batch_size.max(1),
+        },
+        max_pixels: args.max_pixels,
+    };
+    runtime()?.block_on(verger_cluster::run_executor(options))
 }
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -216,6 +340,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         ort_library: args.model.ort_library,
         work_dir: args.work_dir,
         ceiling_batches: args.ceiling_batches,
+        cluster_executors: args.cluster_executors,
     };
     let rows = bench(&config, &std::env::current_exe()?)?;
     println!("{}", table(&rows));

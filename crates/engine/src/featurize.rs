@@ -22,6 +22,7 @@ use verger_model::{FEATURE_DIM, SharedModel};
 use verger_store::{Location, ObjectKey};
 
 use crate::StageMetrics;
+use crate::metrics::record;
 
 /// How many objects of one batch are fetched at once.
 const READ_CONCURRENCY: usize = 16;
@@ -126,11 +127,14 @@ impl FeaturizeContext {
             };
             outcomes.push(outcome);
         }
-        StageMetrics::add(&self.metrics.decode_ns, decode_started.elapsed());
+        let decode_time = decode_started.elapsed();
+        record(&self.metrics, |m| StageMetrics::add(&m.decode_ns, decode_time));
 
         let (features, inference_time) = self.model.features_timed(&tensor, slots);
-        StageMetrics::add(&self.metrics.infer_ns, inference_time);
-        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        record(&self.metrics, |m| {
+            StageMetrics::add(&m.infer_ns, inference_time);
+            m.batches.fetch_add(1, Ordering::Relaxed);
+        });
         outcomes
             .into_iter()
             .map(|outcome| {
@@ -147,7 +151,9 @@ impl FeaturizeContext {
 #[derive(Debug)]
 pub struct FeaturizeUdf {
     signature: Signature,
-    context: Arc<FeaturizeContext>,
+    /// `None` in processes that only plan (a cluster client or scheduler):
+    /// they need the function's name and types, never its model.
+    context: Option<Arc<FeaturizeContext>>,
 }
 
 impl FeaturizeUdf {
@@ -156,14 +162,26 @@ impl FeaturizeUdf {
     pub fn new(context: Arc<FeaturizeContext>) -> Self {
         FeaturizeUdf {
             signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Volatile),
-            context,
+            context: Some(context),
+        }
+    }
+
+    /// The function as a planner sees it; calling it is an error.
+    pub fn planning_only() -> Self {
+        FeaturizeUdf {
+            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Volatile),
+            context: None,
         }
     }
 }
 
 impl PartialEq for FeaturizeUdf {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.context, &other.context)
+        match (&self.context, &other.context) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
     }
 }
 impl Eq for FeaturizeUdf {}
@@ -187,6 +205,11 @@ impl ScalarUDFImpl for FeaturizeUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some(context) = &self.context else {
+            return exec_err!(
+                "featurize was called in a process without a model: it runs on executors only"
+            );
+        };
         let [root, keys] = args.args.as_slice() else {
             return exec_err!("featurize(root, key) takes two arguments");
         };
@@ -199,24 +222,24 @@ impl ScalarUDFImpl for FeaturizeUdf {
         };
         let keys = keys.to_array(args.number_rows)?;
         let keys = keys.as_string::<i32>();
-        let location = self.context.location(&root)?;
+        let location = context.location(&root)?;
 
         let read_started = Instant::now();
         let reads = read_all(&location, keys)?;
-        StageMetrics::add(&self.context.metrics.read_ns, read_started.elapsed());
+        let read_time = read_started.elapsed();
         let read_bytes: usize = reads.iter().flatten().map(|b| b.len()).sum();
-        self.context
-            .metrics
-            .read_bytes
-            .fetch_add(read_bytes as u64, Ordering::Relaxed);
+        record(&context.metrics, |m| {
+            StageMetrics::add(&m.read_ns, read_time);
+            m.read_bytes.fetch_add(read_bytes as u64, Ordering::Relaxed);
+        });
 
-        let results = self.context.featurize_batch(reads);
+        let results = context.featurize_batch(reads);
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
-        let metrics = &self.context.metrics;
-        metrics.failed.fetch_add(failed, Ordering::Relaxed);
-        metrics
-            .featurized
-            .fetch_add(results.len() as u64 - failed, Ordering::Relaxed);
+        let featurized = results.len() as u64 - failed;
+        record(&context.metrics, |m| {
+            m.failed.fetch_add(failed, Ordering::Relaxed);
+            m.featurized.fetch_add(featurized, Ordering::Relaxed);
+        });
         Ok(ColumnarValue::Array(to_struct(results)))
     }
 }

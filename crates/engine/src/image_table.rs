@@ -77,7 +77,7 @@ impl PartitionStream for ImageTable {
                 metrics
                     .listed
                     .fetch_add(images.len() as u64, Ordering::Relaxed);
-                to_batch(&images)
+                images_batch(&images)
             });
         let finish = futures::stream::once(async move {
             done_metrics.listing_done.store(true, Ordering::Relaxed);
@@ -90,7 +90,8 @@ impl PartitionStream for ImageTable {
     }
 }
 
-fn to_batch(images: &[ListedImage]) -> datafusion::error::Result<RecordBatch> {
+/// The rows of `images`, in the [`image_table_schema`].
+pub fn images_batch(images: &[ListedImage]) -> datafusion::error::Result<RecordBatch> {
     let mut path = StringBuilder::new();
     let mut label = StringBuilder::new();
     let mut key = StringBuilder::new();

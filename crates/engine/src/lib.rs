@@ -20,12 +20,14 @@ pub mod pca;
 
 use std::sync::Arc;
 
+use datafusion::error::Result;
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 pub use featurize::{FeaturizeContext, FeaturizeUdf, featurize_result_type};
 pub use image_table::{ImageTable, image_table_schema};
-pub use metrics::{StageMetrics, StageTimes};
+pub use metrics::{StageMetrics, StageTimes, with_task_metrics};
 pub use pca::{PcaFitUdaf, PcaProjectUdf};
 
 /// Registers verger's functions on a session (a client's, or an executor's).
@@ -33,4 +35,13 @@ pub fn register_functions(ctx: &SessionContext, featurize: Arc<FeaturizeContext>
     ctx.register_udf(ScalarUDF::from(FeaturizeUdf::new(featurize)));
     ctx.register_udf(ScalarUDF::from(PcaProjectUdf::new()));
     ctx.register_udaf(AggregateUDF::from(PcaFitUdaf::new()));
+}
+
+/// Registers the same functions for planning only (a process without the
+/// model): names, signatures and types are identical, `featurize` cannot run.
+pub fn register_planning_functions(registry: &mut dyn FunctionRegistry) -> Result<()> {
+    registry.register_udf(Arc::new(ScalarUDF::from(FeaturizeUdf::planning_only())))?;
+    registry.register_udf(Arc::new(ScalarUDF::from(PcaProjectUdf::new())))?;
+    registry.register_udaf(Arc::new(AggregateUDF::from(PcaFitUdaf::new())))?;
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Counters and stage timings shared by the table and functions of one process.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,6 +37,31 @@ pub struct StageTimes {
     pub read_s: f64,
     pub decode_resize_s: f64,
     pub inference_s: f64,
+}
+
+tokio::task_local! {
+    /// The counters of the task being run, when its driver set them (a
+    /// cluster task reports its own share; the process counters mix tasks).
+    static TASK_METRICS: Arc<StageMetrics>;
+}
+
+/// Runs `work` with `metrics` as its task's counters: `featurize` calls made
+/// while polling it are counted there as well as in the process counters.
+pub async fn with_task_metrics<F: Future>(metrics: Arc<StageMetrics>, work: F) -> F::Output {
+    TASK_METRICS.scope(metrics, work).await
+}
+
+/// Applies `update` to the process counters and, inside
+/// [`with_task_metrics`], to the task's.
+pub(crate) fn record(process: &StageMetrics, update: impl Fn(&StageMetrics)) {
+    update(process);
+    record_in_task(update);
+}
+
+/// Applies `update` to the task's counters only (outside
+/// [`with_task_metrics`] it does nothing).
+pub fn record_in_task(update: impl Fn(&StageMetrics)) {
+    let _outside_a_task = TASK_METRICS.try_with(|task| update(task));
 }
 
 impl StageMetrics {

@@ -21,10 +21,44 @@ mod parts;
 
 use std::sync::Arc;
 
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{filter, is_not_null, not};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use verger_store::{Location, StoreError};
 
 pub use parts::{PartWriter, WrittenParts};
+
+/// The reason without its per-file details, for grouping ("corrupt or
+/// truncated image: …" → "corrupt or truncated image").
+pub fn reason_kind(reason: &str) -> &str {
+    reason.split([':', '(']).next().unwrap_or(reason).trim()
+}
+
+/// Splits featurized rows `(path, label, result struct<features,
+/// error_stage, error_reason>, …)` into staged features and error rows.
+pub fn split_featurized(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), ArrowError> {
+    let result = batch.column(2).as_struct();
+    let (path, label) = (batch.column(0), batch.column(1));
+    let (features, stage, reason) = (result.column(0), result.column(1), result.column(2));
+    let ok_mask = is_not_null(features)?;
+    let failed_mask = not(&ok_mask)?;
+    let pick = |columns: &[&ArrayRef], mask: &BooleanArray| {
+        columns
+            .iter()
+            .map(|column| filter(column, mask))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let ok = RecordBatch::try_new(
+        staged_features_schema(),
+        pick(&[path, label, features], &ok_mask)?,
+    )?;
+    let failed = RecordBatch::try_new(
+        errors_schema(),
+        pick(&[path, label, stage, reason], &failed_mask)?,
+    )?;
+    Ok((ok, failed))
+}
 
 pub const FEATURES_DIR: &str = "features";
 pub const ERRORS_DIR: &str = "errors";

@@ -27,6 +27,9 @@ pub struct BenchConfig {
     pub work_dir: Option<PathBuf>,
     /// Batches timed for the ceiling (before and after the runs).
     pub ceiling_batches: usize,
+    /// Where to run: 0 = embedded, N = a local Ballista scheduler with N
+    /// executors sharing this machine (e.g. `[0, 1, 2]`).
+    pub cluster_executors: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +45,8 @@ pub struct StageRates {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
     pub engine: String,
+    /// `embedded`, or `cluster-N` (scheduler + N executors).
+    pub mode: String,
     pub images: usize,
     pub ceiling_images_per_s: f64,
     pub end_to_end_images_per_s: f64,
@@ -94,17 +99,49 @@ pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
             if !input.exists() {
                 repeat_sample(&sample, &dataset, &input, count)?;
             }
-            let output = work
-                .path()
-                .join(format!("output-{}-{count}", model.engine_name()));
-            let measured = run_child(verger_exe, config, engine, &model_path, &input, &output)?;
-            let row = to_row(model.engine_name(), count, ceiling, &measured)?;
-            eprintln!(
-                "bench: {} {count} images: {:.1} images/s end to end, peak RSS {:.0} MiB",
-                row.engine, row.end_to_end_images_per_s, row.peak_rss_mib
-            );
-            rows.push(row);
-            std::fs::remove_dir_all(&output).ok();
+            for &executors in &config.cluster_executors {
+                let mode = match executors {
+                    0 => "embedded".to_string(),
+                    n => format!("cluster-{n}"),
+                };
+                let output = work
+                    .path()
+                    .join(format!("output-{}-{count}-{mode}", model.engine_name()));
+                let target = Target {
+                    engine,
+                    model_path: &model_path,
+                    input: &input,
+                    output: &output,
+                };
+                let measured = if executors == 0 {
+                    run_child(verger_exe, config, &target, &[])?
+                } else {
+                    let cluster = LocalCluster::start(
+                        verger_exe,
+                        config,
+                        &target,
+                        executors,
+                        work.path(),
+                    )?;
+                    // Four slices per executor task slot keep every slot busy.
+                    let slices = (executors * 2 * 4).to_string();
+                    let mut measured = run_child(
+                        verger_exe,
+                        config,
+                        &target,
+                        &["--cluster", &cluster.url(), "--partitions", &slices],
+                    )?;
+                    measured.peak_rss_kib = cluster.stop();
+                    measured
+                };
+                let row = to_row(model.engine_name(), &mode, count, ceiling, &measured)?;
+                eprintln!(
+                    "bench: {} {mode} {count} images: {:.1} images/s end to end, peak RSS {:.0} MiB",
+                    row.engine, row.end_to_end_images_per_s, row.peak_rss_mib
+                );
+                rows.push(row);
+                std::fs::remove_dir_all(&output).ok();
+            }
         }
         // The machine is shared: measure the ceiling again after the runs and
         // keep the higher figure, so a slow moment never flatters the ratio.
@@ -185,34 +222,44 @@ struct ChildRun {
     report: serde_json::Value,
 }
 
-fn run_child(
-    exe: &Path,
-    config: &BenchConfig,
+/// What one measured run works on.
+struct Target<'a> {
     engine: EngineChoice,
-    model_path: &Path,
-    input: &Path,
-    output: &Path,
-) -> Result<ChildRun> {
-    let engine_name = match engine {
+    model_path: &'a Path,
+    input: &'a Path,
+    output: &'a Path,
+}
+
+fn engine_flag(engine: EngineChoice) -> &'static str {
+    match engine {
         EngineChoice::Auto => "auto",
         EngineChoice::Ort => "ort",
         EngineChoice::Tract => "tract",
-    };
+    }
+}
+
+fn run_child(
+    exe: &Path,
+    config: &BenchConfig,
+    target: &Target,
+    extra: &[&str],
+) -> Result<ChildRun> {
     let mut command = std::process::Command::new(exe);
     command
         .arg("run")
         .arg("--input")
-        .arg(input)
+        .arg(target.input)
         .arg("--output")
-        .arg(output)
+        .arg(target.output)
         .arg("--overwrite")
-        .args(["--progress", "off", "--engine", engine_name])
+        .args(["--progress", "off", "--engine", engine_flag(target.engine)])
         .arg("--batch-size")
         .arg(config.batch_size.to_string())
         .arg("--threads")
         .arg(config.threads.to_string())
         .arg("--model")
-        .arg(model_path);
+        .arg(target.model_path)
+        .args(extra);
     if let Some(lib) = &config.ort_library {
         command.arg("--ort-lib").arg(lib);
     }
@@ -224,7 +271,7 @@ fn run_child(
         bail!("verger run failed during the benchmark (wait status {status})");
     }
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(output.join(verger_output::RUN_FILE))?)?;
+        serde_json::from_slice(&std::fs::read(target.output.join(verger_output::RUN_FILE))?)?;
     Ok(ChildRun {
         wall_s,
         peak_rss_kib,
@@ -252,7 +299,13 @@ fn wait_with_peak_rss(pid: u32) -> Result<(i32, i64)> {
     Ok((status, usage.ru_maxrss))
 }
 
-fn to_row(engine: &str, images: usize, ceiling: f64, run: &ChildRun) -> Result<BenchRow> {
+fn to_row(
+    engine: &str,
+    mode: &str,
+    images: usize,
+    ceiling: f64,
+    run: &ChildRun,
+) -> Result<BenchRow> {
     let number = |pointer: &str| {
         run.report
             .pointer(pointer)
@@ -271,6 +324,7 @@ fn to_row(engine: &str, images: usize, ceiling: f64, run: &ChildRun) -> Result<B
     let end_to_end = n / run.wall_s;
     Ok(BenchRow {
         engine: engine.to_string(),
+        mode: mode.to_string(),
         images,
         ceiling_images_per_s: ceiling,
         end_to_end_images_per_s: end_to_end,
@@ -292,14 +346,15 @@ fn to_row(engine: &str, images: usize, ceiling: f64, run: &ChildRun) -> Result<B
 /// A Markdown table of the rows, for the terminal and for notes.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "| engine | images | ceiling img/s | end-to-end img/s | ratio | peak RSS MiB | list | read | decode+resize | inference | PCA fit | write |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| engine | mode | images | ceiling img/s | end-to-end img/s | ratio | peak RSS MiB | list | read | decode+resize | inference | PCA fit | write |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let s = &r.stage_images_per_s;
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1}% | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1}% | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |\n",
             r.engine,
+            r.mode,
             r.images,
             r.ceiling_images_per_s,
             r.end_to_end_images_per_s,
@@ -314,4 +369,125 @@ pub fn table(rows: &[BenchRow]) -> String {
         ));
     }
     out
+}
+
+/// A scheduler and `executors` executors on loopback, children of this
+/// process, sharing the machine: each executor gets its share of the
+/// inference threads.
+struct LocalCluster {
+    port: u16,
+    scheduler: std::process::Child,
+    executors: Vec<std::process::Child>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl LocalCluster {
+    fn start(
+        exe: &Path,
+        config: &BenchConfig,
+        target: &Target,
+        executors: usize,
+        work: &Path,
+    ) -> Result<Self> {
+        let port = free_port()?;
+        let quiet = || std::process::Stdio::null();
+        let scheduler = std::process::Command::new(exe)
+            .args(["scheduler", "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--min-executors", &executors.to_string()])
+            .stdout(quiet())
+            .stderr(quiet())
+            .spawn()
+            .context("cannot start verger scheduler")?;
+        let mut cluster = LocalCluster {
+            port,
+            scheduler,
+            executors: Vec::new(),
+        };
+        let threads = (config.threads / executors).max(1);
+        for i in 0..executors {
+            let mut command = std::process::Command::new(exe);
+            command
+                .args(["executor", "--id", &format!("bench-{i}")])
+                .args(["--scheduler", &format!("127.0.0.1:{port}")])
+                .args(["--flight-port", &free_port()?.to_string()])
+                .args(["--concurrent-tasks", "2"])
+                .args(["--threads", &threads.to_string()])
+                .args(["--engine", engine_flag(target.engine)])
+                .arg("--batch-size")
+                .arg(config.batch_size.to_string())
+                .arg("--model")
+                .arg(target.model_path)
+                .arg("--work-dir")
+                .arg(work.join(format!("executor-{i}")))
+                .stdout(quiet())
+                .stderr(quiet());
+            if let Some(lib) = &config.ort_library {
+                command.arg("--ort-lib").arg(lib);
+            }
+            cluster
+                .executors
+                .push(command.spawn().context("cannot start verger executor")?);
+        }
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    fn url(&self) -> String {
+        format!("df://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        use std::io::{Read, Write};
+        let started = Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(120) {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut response = String::new();
+                let asked = stream.write_all(
+                    b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                );
+                if asked.is_ok()
+                    && stream.read_to_string(&mut response).is_ok()
+                    && response.starts_with("HTTP/1.1 200")
+                {
+                    return Ok(());
+                }
+            }
+            for executor in &mut self.executors {
+                if let Some(status) = executor.try_wait()? {
+                    bail!("a benchmark executor exited early ({status})");
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        bail!("the benchmark cluster was not ready within 120 s")
+    }
+
+    /// Stops everything; returns the sum of the executors' peak RSS (KiB).
+    fn stop(mut self) -> i64 {
+        let mut peak = 0;
+        for executor in &self.executors {
+            peak += peak_rss_kib(executor.id()).unwrap_or(0);
+        }
+        for executor in &mut self.executors {
+            let _ = executor.kill();
+            let _ = executor.wait();
+        }
+        let _ = self.scheduler.kill();
+        let _ = self.scheduler.wait();
+        peak
+    }
+}
+
+/// `VmHWM` of a live process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -13,11 +13,13 @@
 //! model's internals itself.
 
 pub mod bench;
+mod cluster_run;
 mod progress;
 mod report;
 mod run;
 
 pub use progress::ProgressMode;
+pub use cluster_run::{ClusterReport, WorkerReport};
 pub use report::{Counts, RunReport};
 pub use run::{RunConfig, run};
-pub use verger_model::EngineChoice;
+pub use verger_model::{EngineChoice, EngineConfig};

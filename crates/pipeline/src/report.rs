@@ -62,6 +62,9 @@ pub struct RunReport {
     /// Failures per reason kind (`stage: reason`), most frequent first, at most 20.
     pub error_summary: Vec<(String, u64)>,
     pub versions: Versions,
+    /// Set when the run went through a Ballista cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster_run::ClusterReport>,
     pub started_at: String,
     pub finished_at: String,
 }

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{filter, is_not_null, not};
+use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::common::ScalarValue;
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -48,6 +47,8 @@ pub struct RunConfig {
     pub max_errors: Option<u64>,
     pub max_pixels: u64,
     pub progress: ProgressMode,
+    /// `df://host:port` of a Ballista scheduler; `None` runs in this process.
+    pub cluster: Option<String>,
 }
 
 impl RunConfig {
@@ -70,6 +71,7 @@ impl RunConfig {
             max_errors: None,
             max_pixels: PreprocessConfig::default().max_pixels,
             progress: ProgressMode::Auto,
+            cluster: None,
         }
     }
 }
@@ -95,6 +97,10 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
             config.glob,
             input.display_root()
         );
+    }
+    if let Some(cluster) = &config.cluster {
+        return crate::cluster_run::run_on_cluster(config, cluster, input, started, started_at)
+            .await;
     }
     // The model before the output: a missing model must not cost an
     // --overwrite its previous result.
@@ -237,6 +243,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
             verger: env!("CARGO_PKG_VERSION"),
             datafusion: datafusion::DATAFUSION_VERSION,
         },
+        cluster: None,
         started_at,
         finished_at: chrono::Utc::now().to_rfc3339(),
     };
@@ -329,7 +336,7 @@ async fn featurize_phase(
             let mut summary: HashMap<String, u64> = HashMap::new();
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
-                let (ok, failed) = split_results(&batch)?;
+                let (ok, failed) = verger_output::split_featurized(&batch)?;
                 staged.write(&ok).await?;
                 errors.write(&failed).await?;
                 for row in 0..failed.num_rows() {
@@ -342,7 +349,7 @@ async fn featurize_phase(
                         "image skipped"
                     );
                     *summary
-                        .entry(format!("{stage}: {}", reason_kind(reason)))
+                        .entry(format!("{stage}: {}", verger_output::reason_kind(reason)))
                         .or_default() += 1;
                 }
                 let total = errors_so_far.fetch_add(failed.num_rows() as u64, Ordering::SeqCst)
@@ -390,36 +397,6 @@ async fn featurize_phase(
     summary.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     summary.truncate(20);
     Ok((staged_rows, error_rows, summary))
-}
-
-/// The reason without its per-file details, for grouping ("corrupt or
-/// truncated image: …" → "corrupt or truncated image").
-fn reason_kind(reason: &str) -> &str {
-    reason.split([':', '(']).next().unwrap_or(reason).trim()
-}
-
-/// Splits `featurize` output rows into staged features and error rows.
-fn split_results(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch)> {
-    let result = batch.column(2).as_struct();
-    let (path, label) = (batch.column(0), batch.column(1));
-    let (features, stage, reason) = (result.column(0), result.column(1), result.column(2));
-    let ok_mask = is_not_null(features)?;
-    let failed_mask = not(&ok_mask)?;
-    let pick = |columns: &[&ArrayRef], mask: &BooleanArray| {
-        columns
-            .iter()
-            .map(|column| filter(column, mask))
-            .collect::<std::result::Result<Vec<_>, _>>()
-    };
-    let ok = RecordBatch::try_new(
-        staged_features_schema(),
-        pick(&[path, label, features], &ok_mask)?,
-    )?;
-    let failed = RecordBatch::try_new(
-        errors_schema(),
-        pick(&[path, label, stage, reason], &failed_mask)?,
-    )?;
-    Ok((ok, failed))
 }
 
 async fn fit_stats(ctx: &SessionContext, staged: DataFrame) -> Result<verger_pca::PcaStats> {

@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod cluster;
 mod cli;
 mod interop;
 mod output;

@@ -6,6 +6,7 @@
 
 pub mod output;
 pub mod runner;
+pub mod ballista;
 pub mod seaweed;
 
 use std::collections::BTreeMap;

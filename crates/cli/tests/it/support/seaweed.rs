@@ -31,7 +31,7 @@ pub struct SeaweedFs {
 }
 
 /// Reserve `n` distinct free ports (all held open until every one is picked).
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
         .collect();

@@ -1,0 +1,250 @@
+//! The same job on a Ballista cluster: a scheduler and two executors, real
+//! processes on loopback, against a real S3 server (SeaweedFS). The result
+//! must equal the embedded run's, both executors must featurize, each loads
+//! the model once, and losing an executor mid-job loses nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::sample::sample_run;
+use crate::support::ballista::TestCluster;
+use crate::support::seaweed::{SeaweedFs, free_ports};
+use crate::support::{RunDir, Verger, dataset_dir, dataset_images, max_abs_diff, tempdir};
+
+const SLICES: &str = "8";
+
+/// Uploads the sample to `s3://fruits/images/`.
+fn s3_with_sample() -> SeaweedFs {
+    let s3 = SeaweedFs::start();
+    s3.tool(["mb", "fruits"]);
+    let sample = dataset_dir();
+    let args: [&OsStr; 3] = [
+        "upload".as_ref(),
+        sample.as_os_str(),
+        "s3://fruits/images/".as_ref(),
+    ];
+    s3.tool(args);
+    s3
+}
+
+fn download(s3: &SeaweedFs, prefix: &str, to: &Path) -> RunDir {
+    s3.tool(["download".as_ref(), prefix.as_ref(), to.as_os_str()]);
+    assert!(to.join("_SUCCESS").is_file(), "_SUCCESS missing in {prefix}");
+    RunDir::read(to)
+}
+
+/// Same rows as the embedded run of the sample: same paths (under the S3
+/// prefix) and labels, features within 1e-5, no duplicates; same PCA within
+/// 1e-6 up to sign.
+fn assert_same_as_embedded(run: &RunDir, prefix: &str) {
+    let embedded = &sample_run().run;
+    let base = dataset_dir();
+    let images = dataset_images();
+    let paths: Vec<&str> = run.features.iter().map(|r| r.path.as_str()).collect();
+    let unique: BTreeSet<&str> = paths.iter().copied().collect();
+    assert_eq!(unique.len(), paths.len(), "duplicated rows in features/");
+    let want: BTreeSet<String> = images
+        .iter()
+        .map(|p| format!("{prefix}{}", p.strip_prefix(&base).unwrap().to_str().unwrap()))
+        .collect();
+    let got: BTreeSet<String> = unique.iter().map(|p| p.to_string()).collect();
+    assert_eq!(got, want, "cluster rows differ from the input");
+    assert!(run.errors.is_empty(), "{:?}", run.errors);
+    let mut worst = 0f32;
+    for row in &run.features {
+        let local = base.join(row.path.strip_prefix(prefix).unwrap());
+        let e = embedded
+            .feature(local.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{} missing from the embedded run", row.path));
+        assert_eq!(row.label, e.label, "{}", row.path);
+        let d = max_abs_diff(&row.features, &e.features);
+        assert!(d <= 1e-5, "features differ by {d} for {}", row.path);
+        worst = worst.max(d);
+    }
+    eprintln!("cluster vs embedded: worst feature max-abs-diff {worst:e}");
+
+    let (a, b) = (&run.pca_model, &embedded.pca_model);
+    let numbers = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    for key in ["explained_variance", "eigenvalues"] {
+        let (x, y) = (numbers(&a[key]), numbers(&b[key]));
+        assert_eq!(x.len(), y.len(), "{key}");
+        for (x, y) in x.iter().zip(&y) {
+            // Relative for eigenvalues (they are large), absolute for ratios.
+            let scale = y.abs().max(1.0);
+            assert!((x - y).abs() <= 1e-6 * scale, "{key}: {x} vs {y}");
+        }
+    }
+    let components = |v: &Value| -> Vec<Vec<f64>> {
+        v["components"].as_array().unwrap().iter().map(numbers).collect()
+    };
+    for (i, (x, y)) in components(a).iter().zip(&components(b)).enumerate() {
+        let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        let sign = dot.signum();
+        let d = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - sign * q).abs())
+            .fold(0.0, f64::max);
+        assert!(d <= 1e-6, "component {i} differs by {d} (up to sign)");
+    }
+    // The pca column follows the same model.
+    let mut worst_pca = 0f64;
+    for row in &run.features {
+        let local = base.join(row.path.strip_prefix(prefix).unwrap());
+        let e = embedded.feature(local.to_str().unwrap()).unwrap();
+        for (x, y) in row.pca.iter().zip(&e.pca) {
+            worst_pca = worst_pca.max((x.abs() - y.abs()).abs());
+        }
+    }
+    assert!(worst_pca <= 1e-4, "pca column differs by {worst_pca}");
+}
+
+/// Executor ids of the successful tasks of the featurize job, per executor.
+fn featurize_tasks_by_executor(cluster: &TestCluster) -> BTreeMap<String, usize> {
+    let events = cluster.events();
+    let job_ids: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e.to_string().contains("featurize") && e["job_id"].is_string())
+        .map(|e| e["job_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut tasks = BTreeMap::new();
+    for e in &events {
+        let is_task_end = e["type"].as_str().is_some_and(|t| t.contains("TaskEnd"))
+            || e.get("TaskEnd").is_some();
+        let e = e.get("TaskEnd").unwrap_or(e);
+        let job = e["job_id"].as_str().unwrap_or_default();
+        let ok = e.to_string().to_lowercase().contains("success");
+        if is_task_end && ok && job_ids.contains(job) {
+            let executor = e["executor_id"].as_str().unwrap_or("?").to_string();
+            *tasks.entry(executor).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        !tasks.is_empty(),
+        "no successful featurize task in the scheduler's event log: {events:#?}"
+    );
+    tasks
+}
+
+fn model_loads_logged(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("model loaded")).count()
+}
+
+#[test]
+fn cluster_run_equals_embedded_spreads_work_and_loads_the_model_once() {
+    let s3 = s3_with_sample();
+    let cluster = TestCluster::start(&["exec-a", "exec-b"], &s3.env(), 30);
+    let o = Verger::run_without_model("s3://fruits/images/", "s3://fruits/cluster/")
+        .args(["--cluster", &cluster.url(), "--partitions", SLICES])
+        .envs(&s3.env())
+        .exec();
+    if !o.status.success() {
+        panic!("cluster run failed: {o:?}\n{}", cluster.all_logs());
+    }
+    let n = dataset_images().len();
+    o.assert_summary(n, n, 0);
+
+    let tmp = tempdir();
+    let run = download(&s3, "s3://fruits/cluster/", &tmp.path().join("out"));
+    assert_eq!(run.counts(), (n as u64, n as u64, 0));
+    assert_same_as_embedded(&run, "s3://fruits/images/");
+
+    // Work spread: both executors ran featurize tasks, per the scheduler's
+    // task records and per the run's own summary.
+    let by_executor = featurize_tasks_by_executor(&cluster);
+    eprintln!("featurize tasks per executor (event log): {by_executor:?}");
+    assert_eq!(
+        by_executor.keys().cloned().collect::<Vec<_>>(),
+        ["exec-a", "exec-b"],
+        "both executors must featurize"
+    );
+    assert_eq!(by_executor.values().sum::<usize>(), 8, "one task per slice");
+    let workers = &run.run_json["cluster"]["workers"];
+    for id in ["exec-a", "exec-b"] {
+        let w = &workers[id];
+        assert!(w["images"].as_u64().unwrap() > 0, "{id} featurized nothing: {workers}");
+        // Several tasks, one model load.
+        assert!(w["featurize_tasks"].as_u64().unwrap() >= 1, "{workers}");
+        assert_eq!(w["model_loads"].as_u64(), Some(1), "{id}: {workers}");
+        assert_eq!(model_loads_logged(&cluster.log(id)), 1, "{id} log");
+    }
+    assert_eq!(run.run_json["cluster"]["slices"].as_u64(), Some(8));
+    // The secret never reaches a plan, a log or the output.
+    assert!(!cluster.all_logs().contains(&s3.secret_key));
+    assert!(!o.combined().contains(&s3.secret_key));
+}
+
+#[test]
+fn cluster_survives_an_executor_killed_mid_featurize() {
+    let s3 = s3_with_sample();
+    let mut cluster = TestCluster::start(&["exec-a", "exec-b"], &s3.env(), 6);
+    let tmp = tempdir();
+    let out = tmp.path().join("out");
+    let run = Verger::run_without_model("s3://fruits/images/", "s3://fruits/killed/")
+        .args(["--cluster", &cluster.url(), "--partitions", SLICES])
+        .envs(&s3.env());
+    let handle = std::thread::spawn(move || run.exec());
+
+    // Kill exec-a once it is featurizing.
+    let started = Instant::now();
+    while !cluster.log("exec-a").contains("featurizing slice") {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "exec-a never started a featurize task\n{}",
+            cluster.all_logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill_executor("exec-a");
+    eprintln!("killed exec-a after {:.1?}", started.elapsed());
+    let listed = s3.tool(["ls", "s3://fruits/killed/"]);
+    assert!(
+        !listed.to_string().contains("_SUCCESS"),
+        "_SUCCESS on a partial output: {listed}"
+    );
+
+    let o = handle.join().unwrap();
+    if !o.status.success() {
+        panic!("run after executor loss failed: {o:?}\n{}", cluster.all_logs());
+    }
+    let n = dataset_images().len();
+    o.assert_summary(n, n, 0);
+    let run = download(&s3, "s3://fruits/killed/", &out);
+    assert_eq!(run.counts(), (n as u64, n as u64, 0));
+    assert_same_as_embedded(&run, "s3://fruits/images/");
+    // The survivor finished the job.
+    let workers = &run.run_json["cluster"]["workers"];
+    assert!(workers["exec-b"]["images"].as_u64().unwrap() > 0, "{workers}");
+}
+
+#[test]
+fn unreachable_scheduler_fails_fast_with_a_clear_error() {
+    let port = free_ports(1)[0];
+    let tmp = tempdir();
+    let out = tmp.path().join("out");
+    let o = Verger::run_without_model(dataset_dir(), &out)
+        .args(["--cluster", &format!("df://127.0.0.1:{port}")])
+        .exec()
+        .assert_failure();
+    assert!(
+        o.elapsed < Duration::from_secs(15),
+        "took {:?} to give up",
+        o.elapsed
+    );
+    assert!(
+        o.stderr.contains("cannot reach the Ballista scheduler")
+            && o.stderr.contains(&format!("df://127.0.0.1:{port}")),
+        "{o:?}"
+    );
+    assert!(!out.join("_SUCCESS").exists());
+}

@@ -1,0 +1,250 @@
+//! The client side of a cluster run: plans each phase locally with plain
+//! DataFusion, submits the physical plan to the scheduler, and collects only
+//! the per-task summaries (features stay in the store).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ballista_core::execution_plans::execute_physical_plan;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::execution::FunctionRegistry;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionContext, col, lit};
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use verger_engine::{FeaturizeUdf, PcaFitUdaf, PcaProjectUdf};
+
+use crate::codec::{physical_codec, session_config};
+use crate::part_write::{PartKind, PartWriteExec, PartWriteSpec, TaskSummary};
+use crate::slices::{ImageListSpec, SLICE_COLUMN, SlicedTable, StagedReadSpec};
+
+/// Default scheduler port, as in Ballista.
+pub const DEFAULT_PORT: u16 = 50050;
+
+/// A Ballista scheduler to submit to: `df://host:port` (or `host[:port]`).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    host: String,
+    port: u16,
+    session_id: String,
+}
+
+impl Cluster {
+    pub fn parse(url: &str) -> Result<Self> {
+        let rest = url.strip_prefix("df://").unwrap_or(url).trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .with_context(|| format!("invalid port in --cluster {url:?}"))?,
+            ),
+            None => (rest, DEFAULT_PORT),
+        };
+        if host.is_empty() {
+            bail!("invalid --cluster {url:?}: expected df://host:port");
+        }
+        Ok(Cluster {
+            host: host.to_string(),
+            port,
+            session_id: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    /// `df://host:port`, as users write it.
+    pub fn display(&self) -> String {
+        format!("df://{}:{}", self.host, self.port)
+    }
+
+    /// Fails within seconds, with the address, when nothing listens there.
+    pub async fn check_reachable(&self) -> Result<()> {
+        let address = format!("{}:{}", self.host, self.port);
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(&address),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => bail!(
+                "cannot reach the Ballista scheduler at {}: {e} (is `verger scheduler` running there?)",
+                self.display()
+            ),
+            Err(_) => bail!(
+                "cannot reach the Ballista scheduler at {}: no answer within 5 s",
+                self.display()
+            ),
+        }
+    }
+
+    fn planner(&self, slices: u32) -> Result<SessionContext> {
+        let config = session_config().with_target_partitions(slices as usize);
+        let ctx = SessionContext::new_with_config(config);
+        let mut state = ctx.state();
+        verger_engine::register_planning_functions(&mut state)?;
+        Ok(SessionContext::new_with_state(state))
+    }
+
+    async fn submit(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        slices: u32,
+        job_name: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        tracing::debug!(
+            "{job_name} plan:\n{}",
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+        );
+        let config = session_config()
+            .with_target_partitions(slices as usize)
+            .with_ballista_job_name(job_name);
+        let codec = physical_codec();
+        let stream = execute_physical_plan::<PhysicalPlanNode>(
+            format!("http://{}:{}", self.host, self.port),
+            &config.ballista_config(),
+            plan,
+            codec.as_ref(),
+            self.session_id.clone(),
+            config,
+        )
+        .await
+        .with_context(|| format!("{job_name}: the scheduler at {} refused the job", self.display()))?;
+        datafusion::physical_plan::common::collect(stream)
+            .await
+            .with_context(|| format!("{job_name}: the job failed on the cluster"))
+    }
+
+    /// Submits, and once more if the first attempt fails: every task writes
+    /// under names taken from its slice, so a second run replaces files
+    /// rather than adding rows. (An executor lost after the job finished
+    /// but before its results were fetched fails the first attempt.)
+    async fn submit_with_retry(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        slices: u32,
+        job_name: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        match self.submit(plan.clone(), slices, job_name).await {
+            Ok(batches) => Ok(batches),
+            Err(first) => {
+                tracing::warn!(error = format!("{first:#}"), "{job_name}: retrying the job once");
+                self.submit(plan, slices, job_name).await
+            }
+        }
+    }
+
+    /// Phase 1: every image of each slice ends up in the staging folder or
+    /// in `errors/`. One summary per slice.
+    pub async fn featurize(
+        &self,
+        input: &str,
+        glob: &str,
+        batch_size: usize,
+        output: &str,
+        slices: u32,
+        job_name: &str,
+    ) -> Result<Vec<TaskSummary>> {
+        let ctx = self.planner(slices)?;
+        let spec = ImageListSpec {
+            root: input.to_string(),
+            glob: glob.to_string(),
+            batch_size,
+        };
+        let featurize = ctx.udf(FeaturizeUdf::NAME)?;
+        let plan = ctx
+            .read_table(Arc::new(SlicedTable::images(spec, slices)))?
+            .select(vec![
+                col("path"),
+                col("label"),
+                featurize
+                    .call(vec![lit(input), col("key")])
+                    .alias("result"),
+                col(SLICE_COLUMN),
+            ])?
+            .create_physical_plan()
+            .await?;
+        let plan = Arc::new(PartWriteExec::try_new(
+            plan,
+            PartWriteSpec {
+                output: output.to_string(),
+                kind: PartKind::Staging,
+            },
+        )?);
+        let batches = self.submit_with_retry(plan, slices, job_name).await?;
+        Ok(TaskSummary::from_batches(&batches)?)
+    }
+
+    /// Phase 2: the merged PCA statistics of everything staged.
+    pub async fn fit(&self, output: &str, slices: u32, job_name: &str) -> Result<Vec<u8>> {
+        let ctx = self.planner(slices)?;
+        let pca_fit = ctx.udaf(PcaFitUdaf::NAME)?;
+        let spec = StagedReadSpec {
+            output: output.to_string(),
+        };
+        let plan = ctx
+            .read_table(Arc::new(SlicedTable::staged(spec, slices)))?
+            .aggregate(
+                vec![],
+                vec![pca_fit.call(vec![col("features")]).alias("stats")],
+            )?
+            .create_physical_plan()
+            .await?;
+        let batches = self.submit_with_retry(plan, slices, job_name).await?;
+        batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| b.column(0).as_binary::<i32>().value(0).to_vec())
+            .context("pca_fit returned no row")
+    }
+
+    /// Phase 3: staged rows with their PCA projection, to `features/`.
+    pub async fn project(
+        &self,
+        output: &str,
+        model_json: &str,
+        slices: u32,
+        job_name: &str,
+    ) -> Result<Vec<TaskSummary>> {
+        let ctx = self.planner(slices)?;
+        let project = ctx.udf(PcaProjectUdf::NAME)?;
+        let spec = StagedReadSpec {
+            output: output.to_string(),
+        };
+        let plan = ctx
+            .read_table(Arc::new(SlicedTable::staged(spec, slices)))?
+            .select(vec![
+                col("path"),
+                col("label"),
+                col("features"),
+                project
+                    .call(vec![col("features"), lit(model_json)])
+                    .alias("pca"),
+                col(SLICE_COLUMN),
+            ])?
+            .create_physical_plan()
+            .await?;
+        let plan = Arc::new(PartWriteExec::try_new(
+            plan,
+            PartWriteSpec {
+                output: output.to_string(),
+                kind: PartKind::Features,
+            },
+        )?);
+        let batches = self.submit_with_retry(plan, slices, job_name).await?;
+        Ok(TaskSummary::from_batches(&batches)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_parse_with_and_without_scheme_and_port() {
+        let c = Cluster::parse("df://sched-host:50060").unwrap();
+        assert_eq!(c.display(), "df://sched-host:50060");
+        assert_eq!(Cluster::parse("10.0.0.5").unwrap().display(), "df://10.0.0.5:50050");
+        assert!(Cluster::parse("df://host:notaport").is_err());
+        assert!(Cluster::parse("df://").is_err());
+    }
+}
