@@ -228,7 +228,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("VERGER_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn,verger=info,verger_pipeline=info,verger_model=info,verger_cluster=info".into());
+        .unwrap_or_else(|_| {
+            "warn,verger=info,verger_pipeline=info,verger_model=info,verger_cluster=info".into()
+        });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -299,7 +301,10 @@ fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 
 fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let scheduler = args.scheduler.strip_prefix("df://").unwrap_or(&args.scheduler);
+    let scheduler = args
+        .scheduler
+        .strip_prefix("df://")
+        .unwrap_or(&args.scheduler);
     let (host, port) = match scheduler.rsplit_once(':') {
         Some((host, port)) => (host.to_string(), port.parse()?),
         None => (scheduler.to_string(), verger_cluster::client::DEFAULT_PORT),

@@ -32,7 +32,10 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn parse(url: &str) -> Result<Self> {
-        let rest = url.strip_prefix("df://").unwrap_or(url).trim_end_matches('/');
+        let rest = url
+            .strip_prefix("df://")
+            .unwrap_or(url)
+            .trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (
                 host,
@@ -108,7 +111,12 @@ impl Cluster {
             config,
         )
         .await
-        .with_context(|| format!("{job_name}: the scheduler at {} refused the job", self.display()))?;
+        .with_context(|| {
+            format!(
+                "{job_name}: the scheduler at {} refused the job",
+                self.display()
+            )
+        })?;
         datafusion::physical_plan::common::collect(stream)
             .await
             .with_context(|| format!("{job_name}: the job failed on the cluster"))
@@ -127,7 +135,10 @@ impl Cluster {
         match self.submit(plan.clone(), slices, job_name).await {
             Ok(batches) => Ok(batches),
             Err(first) => {
-                tracing::warn!(error = format!("{first:#}"), "{job_name}: retrying the job once");
+                tracing::warn!(
+                    error = format!("{first:#}"),
+                    "{job_name}: retrying the job once"
+                );
                 self.submit(plan, slices, job_name).await
             }
         }
@@ -156,9 +167,7 @@ impl Cluster {
             .select(vec![
                 col("path"),
                 col("label"),
-                featurize
-                    .call(vec![lit(input), col("key")])
-                    .alias("result"),
+                featurize.call(vec![lit(input), col("key")]).alias("result"),
                 col(SLICE_COLUMN),
             ])?
             .create_physical_plan()
@@ -243,7 +252,10 @@ mod tests {
     fn cluster_urls_parse_with_and_without_scheme_and_port() {
         let c = Cluster::parse("df://sched-host:50060").unwrap();
         assert_eq!(c.display(), "df://sched-host:50060");
-        assert_eq!(Cluster::parse("10.0.0.5").unwrap().display(), "df://10.0.0.5:50050");
+        assert_eq!(
+            Cluster::parse("10.0.0.5").unwrap().display(),
+            "df://10.0.0.5:50050"
+        );
         assert!(Cluster::parse("df://host:notaport").is_err());
         assert!(Cluster::parse("df://").is_err());
     }

@@ -46,7 +46,10 @@ pub fn session_config() -> SessionConfig {
         .set_usize("ballista.scheduler.max_partitions_per_task", 1)
         // Fail within seconds, not minutes, when the scheduler is gone.
         .set_u64("ballista.client.grpc_connect_timeout_seconds", 5)
-        .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        )
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,9 +79,7 @@ impl PhysicalExtensionCodec for VergerPhysicalCodec {
             .map_err(|e| internal_datafusion_err!("cannot decode a verger operator: {e}"))?;
         Ok(match node {
             VergerNode::ImageList(spec) => Arc::new(ImageListExec::try_new(input.clone(), spec)?),
-            VergerNode::StagedRead(spec) => {
-                Arc::new(StagedReadExec::try_new(input.clone(), spec)?)
-            }
+            VergerNode::StagedRead(spec) => Arc::new(StagedReadExec::try_new(input.clone(), spec)?),
             VergerNode::PartWrite(spec) => Arc::new(PartWriteExec::try_new(input.clone(), spec)?),
         })
     }

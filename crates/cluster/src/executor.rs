@@ -44,8 +44,8 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     // The model first: an executor that cannot featurize must not register.
     let model_path = verger_model::resolve_model_path(options.model.as_deref())?;
     let engine = options.engine.clone();
-    let model = tokio::task::spawn_blocking(move || SharedModel::load(&model_path, &engine))
-        .await??;
+    let model =
+        tokio::task::spawn_blocking(move || SharedModel::load(&model_path, &engine)).await??;
     set_worker_info(WorkerInfo {
         id: options.id.clone(),
         engine: model.engine_name().to_string(),
@@ -77,15 +77,25 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         .aggregate_functions
         .insert(pca_fit.name().to_string(), Arc::new(pca_fit));
 
-    let work_dir = options
-        .work_dir
-        .as_ref()
-        .map(|dir| -> Result<String> {
+    // Ballista's own default work dir is a TempDir it drops at once, so
+    // always hand it one that lives as long as the process.
+    let _temporary_work_dir;
+    let work_dir = match &options.work_dir {
+        Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create --work-dir {}", dir.display()))?;
-            Ok(dir.display().to_string())
-        })
-        .transpose()?;
+            dir.clone()
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("verger-executor-")
+                .tempdir()
+                .context("cannot create a work dir")?;
+            let path = dir.path().to_path_buf();
+            _temporary_work_dir = dir;
+            path
+        }
+    };
     let config = ExecutorProcessConfig {
         executor_id: options.id.clone(),
         bind_host: options.bind_host.clone(),
@@ -96,7 +106,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         scheduler_connect_timeout_seconds: options.connect_timeout_s,
         vcores: options.concurrent_tasks,
         task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
-        work_dir,
+        work_dir: Some(work_dir.display().to_string()),
         // Shuffle files hold paths and features: do not keep them for days.
         job_data_clean_up_interval_seconds: 600,
         job_data_ttl_seconds: 3600,

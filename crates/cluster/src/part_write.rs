@@ -177,9 +177,7 @@ impl PartWriteExec {
             PartKind::Features => 5,
         };
         let schema = input.schema();
-        if schema.fields().len() != expected
-            || schema.field(expected - 1).name() != SLICE_COLUMN
-        {
+        if schema.fields().len() != expected || schema.field(expected - 1).name() != SLICE_COLUMN {
             return internal_err!(
                 "PartWriteExec({:?}) needs {expected} columns ending in `slice`, got {schema:?}",
                 spec.kind
@@ -254,8 +252,8 @@ impl ExecutionPlan for PartWriteExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let spec = self.spec.clone();
-        let location = Location::parse(&spec.output)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let location =
+            Location::parse(&spec.output).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let metrics = Arc::new(StageMetrics::default());
         let work = verger_engine::with_task_metrics(
             metrics.clone(),

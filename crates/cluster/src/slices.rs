@@ -476,7 +476,10 @@ impl TableProvider for SlicedTable {
             .iter()
             .map(|&i| {
                 let name = schema.field(i).name().clone();
-                (Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>, name)
+                (
+                    Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                    name,
+                )
             })
             .collect();
         Ok(Arc::new(ProjectionExec::try_new(columns, source)?))

@@ -128,7 +128,9 @@ impl FeaturizeContext {
             outcomes.push(outcome);
         }
         let decode_time = decode_started.elapsed();
-        record(&self.metrics, |m| StageMetrics::add(&m.decode_ns, decode_time));
+        record(&self.metrics, |m| {
+            StageMetrics::add(&m.decode_ns, decode_time)
+        });
 
         let (features, inference_time) = self.model.features_timed(&tensor, slots);
         record(&self.metrics, |m| {

@@ -116,13 +116,8 @@ pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
                 let measured = if executors == 0 {
                     run_child(verger_exe, config, &target, &[])?
                 } else {
-                    let cluster = LocalCluster::start(
-                        verger_exe,
-                        config,
-                        &target,
-                        executors,
-                        work.path(),
-                    )?;
+                    let cluster =
+                        LocalCluster::start(verger_exe, config, &target, executors, work.path())?;
                     // Four slices per executor task slot keep every slot busy.
                     let slices = (executors * 2 * 4).to_string();
                     let mut measured = run_child(

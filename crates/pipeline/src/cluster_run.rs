@@ -261,7 +261,9 @@ fn one_model(summaries: &[TaskSummary]) -> Result<ModelInfo> {
     if models.len() > 1 {
         let detail: Vec<String> = models
             .iter()
-            .map(|(sha, (_, workers))| format!("{} on {}", &sha[..12.min(sha.len())], workers.join(", ")))
+            .map(|(sha, (_, workers))| {
+                format!("{} on {}", &sha[..12.min(sha.len())], workers.join(", "))
+            })
             .collect();
         bail!(
             "the executors run different models ({}); every executor must load the same file",

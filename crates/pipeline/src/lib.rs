@@ -18,8 +18,8 @@ mod progress;
 mod report;
 mod run;
 
-pub use progress::ProgressMode;
 pub use cluster_run::{ClusterReport, WorkerReport};
+pub use progress::ProgressMode;
 pub use report::{Counts, RunReport};
 pub use run::{RunConfig, run};
 pub use verger_model::{EngineChoice, EngineConfig};

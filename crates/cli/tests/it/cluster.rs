@@ -33,7 +33,10 @@ fn s3_with_sample() -> SeaweedFs {
 
 fn download(s3: &SeaweedFs, prefix: &str, to: &Path) -> RunDir {
     s3.tool(["download".as_ref(), prefix.as_ref(), to.as_os_str()]);
-    assert!(to.join("_SUCCESS").is_file(), "_SUCCESS missing in {prefix}");
+    assert!(
+        to.join("_SUCCESS").is_file(),
+        "_SUCCESS missing in {prefix}"
+    );
     RunDir::read(to)
 }
 
@@ -49,7 +52,12 @@ fn assert_same_as_embedded(run: &RunDir, prefix: &str) {
     assert_eq!(unique.len(), paths.len(), "duplicated rows in features/");
     let want: BTreeSet<String> = images
         .iter()
-        .map(|p| format!("{prefix}{}", p.strip_prefix(&base).unwrap().to_str().unwrap()))
+        .map(|p| {
+            format!(
+                "{prefix}{}",
+                p.strip_prefix(&base).unwrap().to_str().unwrap()
+            )
+        })
         .collect();
     let got: BTreeSet<String> = unique.iter().map(|p| p.to_string()).collect();
     assert_eq!(got, want, "cluster rows differ from the input");
@@ -85,7 +93,12 @@ fn assert_same_as_embedded(run: &RunDir, prefix: &str) {
         }
     }
     let components = |v: &Value| -> Vec<Vec<f64>> {
-        v["components"].as_array().unwrap().iter().map(numbers).collect()
+        v["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(numbers)
+            .collect()
     };
     for (i, (x, y)) in components(a).iter().zip(&components(b)).enumerate() {
         let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
@@ -109,30 +122,27 @@ fn assert_same_as_embedded(run: &RunDir, prefix: &str) {
     assert!(worst_pca <= 1e-4, "pca column differs by {worst_pca}");
 }
 
-/// Executor ids of the successful tasks of the featurize job, per executor.
+/// Successful featurize tasks per executor, from the scheduler's event log
+/// (one file per job: `{"ev": "JobStart"|"TaskEnd"|"JobEnd", "data": {...}}`).
 fn featurize_tasks_by_executor(cluster: &TestCluster) -> BTreeMap<String, usize> {
-    let events = cluster.events();
-    let job_ids: BTreeSet<String> = events
-        .iter()
-        .filter(|e| e.to_string().contains("featurize") && e["job_id"].is_string())
-        .map(|e| e["job_id"].as_str().unwrap().to_string())
-        .collect();
+    let jobs = cluster.job_events();
+    let is_featurize = |events: &&Vec<Value>| {
+        events.iter().any(|e| {
+            e["ev"] == "JobStart"
+                && e["data"]["job_name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(" featurize"))
+        })
+    };
+    let featurize: Vec<&Vec<Value>> = jobs.iter().filter(is_featurize).collect();
+    assert_eq!(featurize.len(), 1, "one featurize job expected: {jobs:#?}");
     let mut tasks = BTreeMap::new();
-    for e in &events {
-        let is_task_end = e["type"].as_str().is_some_and(|t| t.contains("TaskEnd"))
-            || e.get("TaskEnd").is_some();
-        let e = e.get("TaskEnd").unwrap_or(e);
-        let job = e["job_id"].as_str().unwrap_or_default();
-        let ok = e.to_string().to_lowercase().contains("success");
-        if is_task_end && ok && job_ids.contains(job) {
-            let executor = e["executor_id"].as_str().unwrap_or("?").to_string();
+    for e in featurize[0].iter().filter(|e| e["ev"] == "TaskEnd") {
+        if e["data"]["status"] == "Successful" {
+            let executor = e["data"]["executor_id"].as_str().unwrap_or("?").to_string();
             *tasks.entry(executor).or_insert(0) += 1;
         }
     }
-    assert!(
-        !tasks.is_empty(),
-        "no successful featurize task in the scheduler's event log: {events:#?}"
-    );
     tasks
 }
 
@@ -172,7 +182,10 @@ fn cluster_run_equals_embedded_spreads_work_and_loads_the_model_once() {
     let workers = &run.run_json["cluster"]["workers"];
     for id in ["exec-a", "exec-b"] {
         let w = &workers[id];
-        assert!(w["images"].as_u64().unwrap() > 0, "{id} featurized nothing: {workers}");
+        assert!(
+            w["images"].as_u64().unwrap() > 0,
+            "{id} featurized nothing: {workers}"
+        );
         // Several tasks, one model load.
         assert!(w["featurize_tasks"].as_u64().unwrap() >= 1, "{workers}");
         assert_eq!(w["model_loads"].as_u64(), Some(1), "{id}: {workers}");
@@ -215,16 +228,42 @@ fn cluster_survives_an_executor_killed_mid_featurize() {
 
     let o = handle.join().unwrap();
     if !o.status.success() {
-        panic!("run after executor loss failed: {o:?}\n{}", cluster.all_logs());
+        panic!(
+            "run after executor loss failed: {o:?}\n{}",
+            cluster.all_logs()
+        );
     }
     let n = dataset_images().len();
     o.assert_summary(n, n, 0);
     let run = download(&s3, "s3://fruits/killed/", &out);
     assert_eq!(run.counts(), (n as u64, n as u64, 0));
     assert_same_as_embedded(&run, "s3://fruits/images/");
-    // The survivor finished the job.
+    // The survivor finished the job: every slice's summary came from it
+    // (a dead executor cannot serve results), each slice exactly once.
     let workers = &run.run_json["cluster"]["workers"];
-    assert!(workers["exec-b"]["images"].as_u64().unwrap() > 0, "{workers}");
+    let names: Vec<&String> = workers.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["exec-b"], "{workers}");
+    assert_eq!(
+        workers["exec-b"]["featurize_tasks"].as_u64(),
+        Some(8),
+        "{workers}"
+    );
+    assert_eq!(
+        workers["exec-b"]["images"].as_u64(),
+        Some(n as u64),
+        "{workers}"
+    );
+    assert_eq!(
+        workers["exec-b"]["model_loads"].as_u64(),
+        Some(1),
+        "{workers}"
+    );
+    let by_executor = featurize_tasks_by_executor(&cluster);
+    eprintln!("featurize tasks per executor (event log) after the kill: {by_executor:?}");
+    assert!(
+        by_executor.get("exec-b").is_some_and(|&t| t >= 8),
+        "{by_executor:?}"
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@
 mod support;
 
 mod bad_input;
-mod cluster;
 mod cli;
+mod cluster;
 mod interop;
 mod output;
 mod pca;

@@ -55,7 +55,9 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
     Some((status, body))
 }
 
@@ -131,7 +133,10 @@ impl TestCluster {
             }
             for (id, child) in &mut self.executors {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("executor {id} exited early ({status}):\n{}", self_log(&self.dir, id));
+                    panic!(
+                        "executor {id} exited early ({status}):\n{}",
+                        self_log(&self.dir, id)
+                    );
                 }
             }
             if let Ok(Some(status)) = self.scheduler.try_wait() {
@@ -163,18 +168,19 @@ impl TestCluster {
         child.wait().unwrap();
     }
 
-    /// Every event of every job's event log (JSON lines).
-    pub fn events(&self) -> Vec<Value> {
-        let mut events = Vec::new();
+    /// The scheduler's event log, one list of events (JSON lines) per job.
+    pub fn job_events(&self) -> Vec<Vec<Value>> {
+        let mut jobs = Vec::new();
         for entry in std::fs::read_dir(self.dir.path().join("events")).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-            events.extend(
+            jobs.push(
                 text.lines()
                     .filter(|l| !l.trim().is_empty())
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                    .collect(),
             );
         }
-        events
+        jobs
     }
 
     /// Dumps every log (for failure messages).

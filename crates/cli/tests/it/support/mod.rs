@@ -4,9 +4,9 @@
 
 #![allow(dead_code)] // not every test module uses every helper
 
+pub mod ballista;
 pub mod output;
 pub mod runner;
-pub mod ballista;
 pub mod seaweed;
 
 use std::collections::BTreeMap;
