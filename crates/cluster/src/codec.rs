@@ -104,3 +104,116 @@ impl PhysicalExtensionCodec for VergerPhysicalCodec {
             .map_err(|e| internal_datafusion_err!("cannot encode a verger operator: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::physical_plan::{ExecutionPlanProperties, displayable};
+    use datafusion::prelude::SessionContext;
+    use datafusion_proto::physical_plan::AsExecutionPlan;
+    use datafusion_proto::protobuf::PhysicalPlanNode;
+
+    use super::*;
+    use crate::part_write::{PartKind, PartWriteExec, PartWriteSpec};
+    use crate::slices::{SLICE_COLUMN, seeds};
+
+    fn round_trip(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        let codec = physical_codec();
+        let node = PhysicalPlanNode::try_from_physical_plan(plan, codec.as_ref()).unwrap();
+        let ctx = SessionContext::new();
+        node.try_into_physical_plan(&ctx.task_ctx(), codec.as_ref())
+            .unwrap()
+    }
+
+    #[test]
+    fn verger_operators_survive_the_codec_with_their_specs() {
+        let list = Arc::new(
+            ImageListExec::try_new(
+                seeds(6).unwrap(),
+                ImageListSpec {
+                    root: "s3://fruits/images".into(),
+                    glob: "*.jpg".into(),
+                    batch_size: 32,
+                },
+            )
+            .unwrap(),
+        );
+        let back = round_trip(list.clone());
+        let decoded = back
+            .downcast_ref::<ImageListExec>()
+            .expect("an ImageListExec");
+        assert_eq!(decoded.spec(), list.spec());
+        assert_eq!(back.output_partitioning().partition_count(), 6);
+        assert_eq!(back.schema(), list.schema());
+
+        let staged = Arc::new(
+            StagedReadExec::try_new(
+                seeds(3).unwrap(),
+                StagedReadSpec {
+                    output: "/tmp/out".into(),
+                },
+            )
+            .unwrap(),
+        );
+        let back = round_trip(staged.clone());
+        assert_eq!(
+            back.downcast_ref::<StagedReadExec>().unwrap().spec(),
+            staged.spec()
+        );
+        assert_eq!(back.schema().fields().last().unwrap().name(), SLICE_COLUMN);
+    }
+
+    #[test]
+    fn a_writer_over_a_projection_round_trips_whole() {
+        use datafusion::physical_expr::PhysicalExpr;
+        use datafusion::physical_plan::expressions::Column;
+        use datafusion::physical_plan::projection::ProjectionExec;
+        let staged: Arc<dyn ExecutionPlan> = Arc::new(
+            StagedReadExec::try_new(
+                seeds(2).unwrap(),
+                StagedReadSpec {
+                    output: "s3://fruits/out".into(),
+                },
+            )
+            .unwrap(),
+        );
+        // (path, label, features, pca, slice): `features` stands in for `pca`.
+        let names = ["path", "label", "features", "features", "slice"];
+        let schema = staged.schema();
+        let columns: Vec<(Arc<dyn PhysicalExpr>, String)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let index = schema.index_of(name).unwrap();
+                let alias = if i == 3 { "pca" } else { name };
+                (
+                    Arc::new(Column::new(name, index)) as Arc<dyn PhysicalExpr>,
+                    alias.to_string(),
+                )
+            })
+            .collect();
+        let projection = Arc::new(ProjectionExec::try_new(columns, staged).unwrap());
+        let spec = PartWriteSpec {
+            output: "s3://fruits/out".into(),
+            kind: PartKind::Features,
+        };
+        let plan: Arc<dyn ExecutionPlan> =
+            Arc::new(PartWriteExec::try_new(projection, spec.clone()).unwrap());
+        let back = round_trip(plan.clone());
+        assert_eq!(back.downcast_ref::<PartWriteExec>().unwrap().spec(), &spec);
+        assert_eq!(
+            displayable(back.as_ref()).indent(true).to_string(),
+            displayable(plan.as_ref()).indent(true).to_string()
+        );
+    }
+
+    #[test]
+    fn foreign_operators_are_left_to_the_next_codec() {
+        let codec = VergerPhysicalCodec;
+        let mut buf = Vec::new();
+        let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
+        let err = codec
+            .try_encode(seeds(1).unwrap(), &mut buf, &converter)
+            .unwrap_err();
+        assert!(err.to_string().contains("not a verger operator"), "{err}");
+    }
+}

@@ -13,7 +13,9 @@ use serde_json::Value;
 use crate::sample::sample_run;
 use crate::support::ballista::TestCluster;
 use crate::support::seaweed::{SeaweedFs, free_ports};
-use crate::support::{RunDir, Verger, dataset_dir, dataset_images, max_abs_diff, tempdir};
+use crate::support::{
+    RunDir, Verger, dataset_dir, dataset_images, max_abs_diff, python_json, tempdir,
+};
 
 const SLICES: &str = "8";
 
@@ -192,6 +194,9 @@ fn cluster_run_equals_embedded_spreads_work_and_loads_the_model_once() {
         assert_eq!(model_loads_logged(&cluster.log(id)), 1, "{id} log");
     }
     assert_eq!(run.run_json["cluster"]["slices"].as_u64(), Some(8));
+    // The client plans only: it never loads the model (featurize would fail
+    // there rather than run on the client).
+    assert!(!o.stderr.contains("model loaded"), "{o:?}");
     // The secret never reaches a plan, a log or the output.
     assert!(!cluster.all_logs().contains(&s3.secret_key));
     assert!(!o.combined().contains(&s3.secret_key));
@@ -286,4 +291,73 @@ fn unreachable_scheduler_fails_fast_with_a_clear_error() {
         "{o:?}"
     );
     assert!(!out.join("_SUCCESS").exists());
+}
+
+#[test]
+fn cluster_records_bad_inputs_exactly_like_an_embedded_run() {
+    let tmp = tempdir();
+    let base = tmp.path().canonicalize().unwrap();
+    let root = base.join("Mixed Bag");
+    python_json(
+        "make_bad_inputs.py",
+        [
+            "mixed".as_ref(),
+            root.as_os_str(),
+            dataset_dir().as_os_str(),
+        ],
+    );
+    let flags = ["--glob", "*.{jpg,png}", "--k", "3"];
+    let embedded_out = base.join("embedded");
+    Verger::run(&root, &embedded_out)
+        .args(flags)
+        .exec()
+        .assert_success();
+    let cluster = TestCluster::start(&["exec-a", "exec-b"], &[], 30);
+    let cluster_out = base.join("cluster");
+    let o = Verger::run_without_model(&root, &cluster_out)
+        .args(flags)
+        .args(["--cluster", &cluster.url(), "--partitions", "4"])
+        .exec();
+    if !o.status.success() {
+        panic!("cluster run failed: {o:?}\n{}", cluster.all_logs());
+    }
+    let (embedded, clustered) = (RunDir::read(&embedded_out), RunDir::read(&cluster_out));
+    assert!(
+        !clustered.errors.is_empty(),
+        "the mixed tree has broken files"
+    );
+    assert_eq!(clustered.counts(), embedded.counts());
+    let errors = |run: &RunDir| -> BTreeSet<(String, String, String, String)> {
+        run.errors
+            .iter()
+            .map(|e| {
+                (
+                    e.path.clone(),
+                    e.label.clone(),
+                    e.stage.clone(),
+                    e.reason.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(errors(&clustered), errors(&embedded), "errors/ rows");
+    let features = |run: &RunDir| -> BTreeSet<(String, String)> {
+        run.features
+            .iter()
+            .map(|r| (r.path.clone(), r.label.clone()))
+            .collect()
+    };
+    assert_eq!(features(&clustered), features(&embedded), "features/ rows");
+    for row in &clustered.features {
+        let e = embedded.feature(&row.path).unwrap();
+        assert!(
+            max_abs_diff(&row.features, &e.features) <= 1e-5,
+            "{}",
+            row.path
+        );
+    }
+    assert_eq!(
+        clustered.run_json["error_summary"], embedded.run_json["error_summary"],
+        "error summary"
+    );
 }
