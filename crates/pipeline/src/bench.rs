@@ -32,14 +32,16 @@ pub struct BenchConfig {
     pub cluster_executors: Vec<usize>,
 }
 
+/// Images per second of time spent in each stage; `None` when the stage was
+/// not timed (a cluster run does not list ahead).
 #[derive(Debug, Clone, Serialize)]
 pub struct StageRates {
-    pub list: f64,
-    pub read: f64,
-    pub decode_resize: f64,
-    pub inference: f64,
-    pub pca_fit: f64,
-    pub write: f64,
+    pub list: Option<f64>,
+    pub read: Option<f64>,
+    pub decode_resize: Option<f64>,
+    pub inference: Option<f64>,
+    pub pca_fit: Option<f64>,
+    pub write: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -308,13 +310,7 @@ fn to_row(
             .with_context(|| format!("run.json lacks {pointer}"))
     };
     let n = images as f64;
-    let rate = |seconds: f64| {
-        if seconds > 0.0 {
-            n / seconds
-        } else {
-            f64::INFINITY
-        }
-    };
+    let rate = |seconds: f64| (seconds > 0.0).then(|| n / seconds);
     // The run's own total excludes process start; the wall time includes it.
     let end_to_end = n / run.wall_s;
     Ok(BenchRow {
@@ -344,10 +340,14 @@ pub fn table(rows: &[BenchRow]) -> String {
         "| engine | mode | images | ceiling img/s | end-to-end img/s | ratio | peak RSS MiB | list | read | decode+resize | inference | PCA fit | write |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let show = |rate: Option<f64>, decimals: usize| match rate {
+        Some(rate) => format!("{rate:.decimals$}"),
+        None => "–".to_string(),
+    };
     for r in rows {
         let s = &r.stage_images_per_s;
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1}% | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1}% | {:.0} | {} | {} | {} | {} | {} | {} |\n",
             r.engine,
             r.mode,
             r.images,
@@ -355,12 +355,12 @@ pub fn table(rows: &[BenchRow]) -> String {
             r.end_to_end_images_per_s,
             r.ratio * 100.0,
             r.peak_rss_mib,
-            s.list,
-            s.read,
-            s.decode_resize,
-            s.inference,
-            s.pca_fit,
-            s.write
+            show(s.list, 0),
+            show(s.read, 0),
+            show(s.decode_resize, 0),
+            show(s.inference, 1),
+            show(s.pca_fit, 0),
+            show(s.write, 0)
         ));
     }
     out
