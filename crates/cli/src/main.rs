@@ -20,6 +20,7 @@ for a local S3-compatible server. Logs: VERGER_LOG=debug (or RUST_LOG).",
     after_help = "Examples:\n  \
 verger run --input ../shared/datasets/fruits360-sample --output out/sample\n  \
 verger run --input s3://fruits/images/ --output s3://fruits/results/ --k 5\n  \
+verger run --input s3://fruits/images/ --output s3://fruits/results/ --resume   # after a crash\n  \
 verger bench --images 2000\n  \
 verger bench --images 4000 --cluster-executors 0,1,2\n\n\
 On a Ballista cluster (one scheduler, an executor per worker):\n  \
@@ -140,6 +141,14 @@ struct RunArgs {
     /// Replace an existing result at --output (its files are all removed first)
     #[arg(long)]
     overwrite: bool,
+    /// Continue a run that was interrupted (killed, crashed, power loss) at --output: the
+    /// images it already finished are skipped, the rest are done, then PCA and output as usual
+    #[arg(long)]
+    resume: bool,
+    /// Images per checkpoint file and task: finished work becomes durable every N images,
+    /// so a kill loses at most N images per task
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    checkpoint_every: usize,
     /// Fail the run when more than N images cannot be processed
     #[arg(long, value_name = "N")]
     max_errors: Option<u64>,
@@ -263,6 +272,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.k = args.k;
     config.center = args.center;
     config.overwrite = args.overwrite;
+    config.resume = args.resume;
+    config.checkpoint_every = args.checkpoint_every.max(1);
     config.max_errors = args.max_errors;
     config.max_pixels = args.max_pixels;
     config.progress = args.progress.into();

@@ -1,5 +1,6 @@
 //! The listing of an input location as a streaming table.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -36,6 +37,8 @@ pub struct ImageTable {
     filter: NameFilter,
     batch_size: usize,
     metrics: Arc<StageMetrics>,
+    /// Paths already done (by an interrupted run): listed, counted, not emitted.
+    skip: Option<Arc<HashSet<String>>>,
 }
 
 impl ImageTable {
@@ -50,7 +53,15 @@ impl ImageTable {
             filter,
             batch_size: batch_size.max(1),
             metrics,
+            skip: None,
         }
+    }
+
+    /// Leaves out the images whose path is in `done` (they are still counted
+    /// as listed, and as skipped).
+    pub fn skipping(mut self, done: Arc<HashSet<String>>) -> Self {
+        self.skip = Some(done);
+        self
     }
 
     pub fn into_table(self) -> datafusion::error::Result<StreamingTable> {
@@ -67,7 +78,20 @@ impl PartitionStream for ImageTable {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let metrics = self.metrics.clone();
         let done_metrics = self.metrics.clone();
+        let skip = self.skip.clone();
+        let skip_metrics = self.metrics.clone();
         let batches = list_images(&self.location, &self.filter)
+            .filter(move |image| {
+                let done = match (&skip, image) {
+                    (Some(skip), Ok(image)) => skip.contains(&image.path),
+                    _ => false,
+                };
+                if done {
+                    skip_metrics.listed.fetch_add(1, Ordering::Relaxed);
+                    skip_metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                futures::future::ready(!done)
+            })
             .chunks(self.batch_size)
             .map(move |chunk| {
                 let images: Vec<ListedImage> = chunk

@@ -14,6 +14,8 @@ pub struct StageMetrics {
     pub expected: AtomicU64,
     pub featurized: AtomicU64,
     pub failed: AtomicU64,
+    /// Listed images passed over because an interrupted run already did them.
+    pub skipped: AtomicU64,
     /// Time of a listing on its own (the pipeline's count-ahead listing).
     pub list_ns: AtomicU64,
     pub read_ns: AtomicU64,

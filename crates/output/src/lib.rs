@@ -18,6 +18,7 @@
 //! last. It knows nothing about images, the model or DataFusion.
 
 mod parts;
+mod resume;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use arrow::error::ArrowError;
 use verger_store::{Location, StoreError};
 
 pub use parts::{PartWriter, WrittenParts};
+pub use resume::{DoneWork, JobIdentity, ResumePoint, find_resume_point, job_file};
 
 /// The reason without its per-file details, for grouping ("corrupt or
 /// truncated image: …" → "corrupt or truncated image").
@@ -84,6 +86,8 @@ pub enum OutputError {
     Parquet { target: String, reason: String },
     #[error("cannot encode {file}: {reason}")]
     Encode { file: String, reason: String },
+    #[error("cannot resume at {location}: {reason}")]
+    Resume { location: String, reason: String },
 }
 
 /// `list<item: T>`, the layout pandas, Spark and DuckDB all read as arrays.
@@ -149,6 +153,11 @@ impl OutputDir {
             );
         }
         Ok(OutputDir { location })
+    }
+
+    /// An output an interrupted run prepared (see [`find_resume_point`]).
+    pub fn reopen(location: Location) -> Self {
+        OutputDir { location }
     }
 
     pub fn location(&self) -> &Location {

@@ -32,6 +32,9 @@ pub struct PartWriter {
     written: WrittenParts,
     /// Even with no rows, leave one (empty) file so readers find the schema.
     keep_empty: bool,
+    /// Rows per file: a file is durable once closed, so this is also how
+    /// much work a kill can lose.
+    part_rows: usize,
 }
 
 impl PartWriter {
@@ -44,7 +47,15 @@ impl PartWriter {
             current: None,
             written: WrittenParts::default(),
             keep_empty: false,
+            part_rows: PART_ROWS,
         }
+    }
+
+    /// Closes a file every `rows` rows (at most [`PART_ROWS`]): each closed
+    /// file is a checkpoint that survives a crash.
+    pub fn checkpoint_every(mut self, rows: usize) -> Self {
+        self.part_rows = rows.clamp(1, PART_ROWS);
+        self
     }
 
     /// Writes an empty file when no rows ever come, so `errors/` always exists.
@@ -64,7 +75,7 @@ impl PartWriter {
                 self.open()?;
             }
             let (writer, target, rows) = self.current.as_mut().expect("opened above");
-            let take = (PART_ROWS - *rows).min(batch.num_rows() - offset);
+            let take = (self.part_rows - *rows).min(batch.num_rows() - offset);
             let slice = batch.slice(offset, take);
             writer
                 .write(&slice)
@@ -76,7 +87,7 @@ impl PartWriter {
             *rows += take;
             offset += take;
             self.written.rows += take as u64;
-            if *rows >= PART_ROWS {
+            if *rows >= self.part_rows {
                 self.close_current().await?;
             }
         }

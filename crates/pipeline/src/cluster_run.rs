@@ -151,6 +151,7 @@ pub(crate) async fn run_on_cluster(
         listed,
         features: feature_rows,
         errors,
+        resumed: 0,
     };
     if counts.features + counts.errors != counts.listed {
         bail!("internal error: counts do not add up ({counts:?}); the output was not committed");

@@ -52,8 +52,12 @@ impl Progress {
                     _ = stopped.changed() => true,
                 };
                 let listed = metrics.listed.load(Ordering::Relaxed);
-                let done = metrics.featurized.load(Ordering::Relaxed)
+                // Images an interrupted run already did count as done but
+                // not in the rate: they cost nothing this time.
+                let skipped = metrics.skipped.load(Ordering::Relaxed);
+                let worked = metrics.featurized.load(Ordering::Relaxed)
                     + metrics.failed.load(Ordering::Relaxed);
+                let done = worked + skipped;
                 let failed = metrics.failed.load(Ordering::Relaxed);
                 let expected = metrics.expected.load(Ordering::Relaxed);
                 let listing = !metrics.listing_done.load(Ordering::Relaxed) && expected == 0;
@@ -62,7 +66,7 @@ impl Progress {
                     Some(bar) => {
                         bar.set_length(listed);
                         bar.set_position(done);
-                        let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                        let rate = worked as f64 / started.elapsed().as_secs_f64().max(1e-9);
                         let eta = match listing {
                             true => "ETA ? (listing…)".to_string(),
                             false if rate > 0.0 => {
@@ -82,7 +86,7 @@ impl Progress {
                     }
                     None if mode == ProgressMode::Lines && !finished => {
                         let elapsed = started.elapsed().as_secs_f64();
-                        let rate = done as f64 / elapsed.max(1e-9);
+                        let rate = worked as f64 / elapsed.max(1e-9);
                         let eta = if listing || rate == 0.0 {
                             "?".to_string()
                         } else {

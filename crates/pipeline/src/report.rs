@@ -11,6 +11,8 @@ pub struct Counts {
     pub features: u64,
     /// Rows in `errors/`.
     pub errors: u64,
+    /// Listed images an interrupted run had already done (`--resume`).
+    pub resumed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,8 +79,12 @@ impl RunReport {
         } else {
             0.0
         };
+        let resumed = match self.counts.resumed {
+            0 => String::new(),
+            n => format!(" ({n} already done before --resume, skipped)"),
+        };
         format!(
-            "verger: {} images listed, {} featurized, {} errors in {:.1}s ({:.1} images/s) -> {}",
+            "verger: {} images listed, {} featurized, {} errors{resumed} in {:.1}s ({:.1} images/s) -> {}",
             self.counts.listed,
             self.counts.features,
             self.counts.errors,

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use verger_engine::{FeaturizeContext, ImageTable, StageMetrics};
 use verger_image::PreprocessConfig;
 use verger_model::{EngineChoice, EngineConfig, SharedModel};
+use verger_output::{DoneWork, JobIdentity, ResumePoint, find_resume_point, job_file};
 use verger_output::{
     ERRORS_DIR, FEATURES_DIR, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE, STAGING_DIR,
     errors_schema, features_schema, staged_features_schema,
@@ -49,6 +50,10 @@ pub struct RunConfig {
     pub progress: ProgressMode,
     /// `df://host:port` of a Ballista scheduler; `None` runs in this process.
     pub cluster: Option<String>,
+    /// Continue an interrupted run at `output` instead of starting over.
+    pub resume: bool,
+    /// Featurized images per checkpoint file and task: what a kill can lose.
+    pub checkpoint_every: usize,
 }
 
 impl RunConfig {
@@ -72,6 +77,8 @@ impl RunConfig {
             max_pixels: PreprocessConfig::default().max_pixels,
             progress: ProgressMode::Auto,
             cluster: None,
+            resume: false,
+            checkpoint_every: 256,
         }
     }
 }
@@ -82,6 +89,11 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     let started_at = chrono::Utc::now().to_rfc3339();
     if config.k == 0 {
         bail!("--k must be at least 1");
+    }
+    if config.resume && config.overwrite {
+        bail!(
+            "--resume keeps the work already done and --overwrite throws it away: pass one of them"
+        );
     }
     let filter = NameFilter::new(&config.glob)?;
     let input = Location::parse(&config.input).context("cannot open --input")?;
@@ -99,6 +111,11 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
         );
     }
     if let Some(cluster) = &config.cluster {
+        if config.resume {
+            bail!(
+                "--resume is not supported with --cluster yet: cluster tasks already rerun on their own when an executor is lost"
+            );
+        }
         return crate::cluster_run::run_on_cluster(config, cluster, input, started, started_at)
             .await;
     }
@@ -118,7 +135,32 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
 
     let output_location =
         Location::parse_for_output(&config.output).context("cannot open --output")?;
-    let output = OutputDir::prepare(output_location.clone(), config.overwrite).await?;
+    let job = JobIdentity {
+        input: input.display_root().to_string(),
+        glob: config.glob.clone(),
+        model_sha256: model.file().sha256.clone(),
+        max_pixels: config.max_pixels,
+    };
+    let resume_point = match config.resume {
+        true => find_resume_point(&output_location, &job).await?,
+        false => ResumePoint::Fresh,
+    };
+    let (output, done) = match resume_point {
+        ResumePoint::Fresh => {
+            let output = OutputDir::prepare(output_location.clone(), config.overwrite).await?;
+            output.write_json(&job_file(), &job).await?;
+            (output, DoneWork::default())
+        }
+        ResumePoint::Interrupted(done) => {
+            tracing::info!(
+                done = done.paths.len(),
+                checkpoints = done.checkpoints,
+                "resuming: images already done are skipped"
+            );
+            (OutputDir::reopen(output_location.clone()), done)
+        }
+    };
+    let (done_staged, done_errors) = (done.staged_rows, done.error_rows);
 
     let metrics = Arc::new(StageMetrics::default());
     let preprocess = PreprocessConfig {
@@ -133,24 +175,36 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     featurize.add_location(input.clone());
     let ctx = session(config, &output_location)?;
     verger_engine::register_functions(&ctx, featurize);
-    let table = ImageTable::new(
+    let mut table = ImageTable::new(
         input.clone(),
         filter.clone(),
         config.batch_size,
         metrics.clone(),
     );
+    if !done.paths.is_empty() {
+        table = table.skipping(Arc::new(done.paths));
+    }
     ctx.register_table("images", Arc::new(table.into_table()?))?;
 
     // 1. featurize
     let phase = Instant::now();
     let progress = Progress::start(config.progress, metrics.clone());
     let counter = tokio::spawn(count_images(input.clone(), filter.clone(), metrics.clone()));
-    let featurized = featurize_phase(&ctx, config, &input, &output).await;
+    let featurized = featurize_phase(&ctx, config, &input, &output, done_errors).await;
     counter.abort();
     progress.finish().await;
-    let (staged_rows, error_rows, error_summary) = featurized?;
+    let (new_staged, new_errors, error_summary) = featurized?;
     let featurize_s = phase.elapsed().as_secs_f64();
     let listed = metrics.listed.load(Ordering::Relaxed);
+    let skipped = metrics.skipped.load(Ordering::Relaxed);
+    if done_staged + done_errors != skipped {
+        bail!(
+            "the input changed since the interrupted run: it had done {} images, \
+             {skipped} of which are still listed. Rerun with --overwrite",
+            done_staged + done_errors
+        );
+    }
+    let (staged_rows, error_rows) = (done_staged + new_staged, done_errors + new_errors);
     if listed == 0 {
         output.remove_staging().await?;
         bail!(
@@ -199,13 +253,13 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
             .alias("pca"),
     ])?;
     let feature_rows = write_partitions(projected, &output_location, FEATURES_DIR).await?;
-    output.remove_staging().await?;
     let project_write_s = phase.elapsed().as_secs_f64();
 
     let counts = Counts {
         listed,
         features: feature_rows,
         errors: error_rows,
+        resumed: skipped,
     };
     if counts.features + counts.errors != counts.listed {
         bail!("internal error: counts do not add up ({counts:?}); the output was not committed");
@@ -249,6 +303,9 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     };
     output.write_json(RUN_FILE, &report).await?;
     output.commit().await?;
+    // After _SUCCESS, so a kill before it leaves the checkpoints to resume
+    // from; a leftover `_staging/` is removed by the next --resume.
+    output.remove_staging().await?;
     Ok(report)
 }
 
@@ -296,6 +353,7 @@ async fn featurize_phase(
     config: &RunConfig,
     input: &Location,
     output: &OutputDir,
+    errors_before: u64,
 ) -> Result<(u64, u64, Vec<(String, u64)>)> {
     let featurize = ctx.udf(verger_engine::FeaturizeUdf::NAME)?;
     let frame = ctx
@@ -318,18 +376,25 @@ async fn featurize_phase(
         datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
     );
     let streams = execute_stream_partitioned(plan, ctx.task_ctx())?;
-    let errors_so_far = Arc::new(AtomicU64::new(0));
+    let errors_so_far = Arc::new(AtomicU64::new(errors_before));
+    // Names unique to this attempt: a resumed run adds checkpoints beside
+    // the interrupted run's, never over them.
+    let attempt = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let checkpoint = config.checkpoint_every.max(1);
     let mut tasks = tokio::task::JoinSet::new();
     for (partition, mut stream) in streams.into_iter().enumerate() {
         let location = output.location().clone();
         let errors_so_far = errors_so_far.clone();
         let max_errors = config.max_errors;
+        let attempt = attempt.clone();
         tasks.spawn(async move {
-            let prefix = format!("part-{partition:03}");
+            let prefix = format!("part-{partition:03}-{attempt}");
             let staging_dir = format!("{STAGING_DIR}/{FEATURES_DIR}");
             let mut staged =
-                PartWriter::new(&location, &staging_dir, &prefix, staged_features_schema());
-            let mut errors = PartWriter::new(&location, ERRORS_DIR, &prefix, errors_schema());
+                PartWriter::new(&location, &staging_dir, &prefix, staged_features_schema())
+                    .checkpoint_every(checkpoint);
+            let mut errors = PartWriter::new(&location, ERRORS_DIR, &prefix, errors_schema())
+                .checkpoint_every(checkpoint);
             if partition == 0 {
                 errors = errors.keep_empty();
             }

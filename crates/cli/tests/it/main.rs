@@ -12,5 +12,6 @@ mod output;
 mod pca;
 mod quality;
 mod reference;
+mod resume;
 mod s3;
 mod sample;

@@ -196,6 +196,23 @@ pub fn copy_sample_subset(
     out
 }
 
+/// The first whole number after `marker` in `line`.
+#[track_caller]
+pub fn numbers_after(line: &str, marker: &str) -> u64 {
+    let rest = &line[line
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"))
+        + marker.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {marker:?} in {line:?}"))
+}
+
 /// Name of the directory that directly contains `path` (works for `/` paths and `s3://` keys).
 pub fn parent_name(path: &str) -> &str {
     let trimmed = path.rsplit_once('/').map(|(dir, _)| dir).unwrap_or("");

@@ -102,6 +102,25 @@ impl Verger {
         self
     }
 
+    /// Start in the background, output captured to files.
+    pub fn spawn(mut self) -> Spawned {
+        let capture = tempfile::tempdir().expect("temp dir for output capture");
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(File::create(capture.path().join("stdout")).unwrap())
+            .stderr(File::create(capture.path().join("stderr")).unwrap());
+        let child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_verger")));
+        Spawned {
+            child,
+            capture,
+            command: self.shown.join(" "),
+            started: Instant::now(),
+        }
+    }
+
     /// Run to completion (killed after the timeout) and capture everything.
     // The child is reaped by wait4 (for its rusage), which clippy cannot see.
     #[allow(clippy::zombie_processes)]
@@ -152,6 +171,59 @@ impl Verger {
             elapsed: start.elapsed(),
             max_rss_kib,
         }
+    }
+}
+
+/// A `verger` started in the background (see [`Verger::spawn`]); killed in
+/// `Drop` if still running.
+pub struct Spawned {
+    child: std::process::Child,
+    capture: tempfile::TempDir,
+    command: String,
+    started: Instant,
+}
+
+impl Spawned {
+    /// stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(
+            &std::fs::read(self.capture.path().join("stderr")).unwrap_or_default(),
+        )
+        .into_owned()
+    }
+
+    /// Whether it has exited already.
+    pub fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGKILL (no chance to clean up, like a power loss) and reap.
+    pub fn kill(mut self) -> RunOutput {
+        let _ = self.child.kill();
+        self.collect()
+    }
+
+    fn collect(&mut self) -> RunOutput {
+        let status = self.child.wait().expect("wait for verger");
+        let read = |name: &str| {
+            String::from_utf8_lossy(&std::fs::read(self.capture.path().join(name)).unwrap())
+                .into_owned()
+        };
+        RunOutput {
+            command: self.command.clone(),
+            status,
+            stdout: read("stdout"),
+            stderr: read("stderr"),
+            elapsed: self.started.elapsed(),
+            max_rss_kib: None,
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
