@@ -168,6 +168,9 @@ impl Cluster {
                 col("path"),
                 col("label"),
                 featurize.call(vec![lit(input), col("key")]).alias("result"),
+                col("size"),
+                col("last_modified_ms"),
+                col("e_tag"),
                 col(SLICE_COLUMN),
             ])?
             .create_physical_plan()

@@ -40,7 +40,8 @@ use crate::slices::{SLICE_COLUMN, slice_prefix, staging_dir};
 /// Which files a [`PartWriteExec`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PartKind {
-    /// Phase 1: `(path, label, result, slice)` in; featurized rows to
+    /// Phase 1: `(path, label, result, size, last_modified_ms, e_tag, slice)`
+    /// in; featurized rows to
     /// `_staging/features/slice-NNNN-*`, failures to `errors/part-NNNN-*`.
     Staging,
     /// Phase 3: `(path, label, features, pca, slice)` in; rows to
@@ -173,7 +174,7 @@ pub struct PartWriteExec {
 impl PartWriteExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: PartWriteSpec) -> Result<Self> {
         let expected = match spec.kind {
-            PartKind::Staging => 4,
+            PartKind::Staging => 7,
             PartKind::Features => 5,
         };
         let schema = input.schema();
@@ -340,6 +341,7 @@ async fn write_all(
                 PartKind::Staging => {
                     let (ok, failed) = verger_output::split_featurized(&part)?;
                     writer.rows.write(&ok).await.map_err(external)?;
+                    let failed = verger_output::leading_columns(&failed, errors_schema())?;
                     if let Some(errors_writer) = &mut writer.errors {
                         errors_writer.write(&failed).await.map_err(external)?;
                     }

@@ -5,10 +5,11 @@
 //! ```text
 //! features/part-*.parquet   path, label, features list<float32>(1280), pca list<float64>(k)
 //! errors/part-*.parquet     path, label, stage, reason
+//! inventory/part-*.parquet  path, size, last_modified_ms, e_tag of every input taken
 //! pca_model.json            the fitted PCA (components, mean, explained variance, k, n)
 //! run.json                  counts, parameters, timings, model sha256, engine, versions
 //! _SUCCESS                  written last: its presence means the rest is complete
-//! _staging/                 features before projection; removed before _SUCCESS
+//! _staging/                 job.json and checkpoints (features, errors) until committed
 //! ```
 //!
 //! It writes Parquet with `parquet`'s async Arrow writer straight to the
@@ -29,7 +30,10 @@ use arrow::error::ArrowError;
 use verger_store::{Location, StoreError};
 
 pub use parts::{PartWriter, WrittenParts};
-pub use resume::{DoneWork, JobIdentity, ResumePoint, find_resume_point, job_file};
+pub use resume::{
+    DoneWork, JobIdentity, ResumePoint, clear_results, find_resume_point, job_file,
+    staged_errors_dir, staged_features_dir,
+};
 
 /// The reason without its per-file details, for grouping ("corrupt or
 /// truncated image: …" → "corrupt or truncated image").
@@ -38,10 +42,13 @@ pub fn reason_kind(reason: &str) -> &str {
 }
 
 /// Splits featurized rows `(path, label, result struct<features,
-/// error_stage, error_reason>, …)` into staged features and error rows.
+/// error_stage, error_reason>, size, last_modified_ms, e_tag, …)` into
+/// staged features ([`staged_features_schema`]) and staged errors
+/// ([`staged_errors_schema`]).
 pub fn split_featurized(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), ArrowError> {
     let result = batch.column(2).as_struct();
     let (path, label) = (batch.column(0), batch.column(1));
+    let (size, modified, e_tag) = (batch.column(3), batch.column(4), batch.column(5));
     let (features, stage, reason) = (result.column(0), result.column(1), result.column(2));
     let ok_mask = is_not_null(features)?;
     let failed_mask = not(&ok_mask)?;
@@ -53,17 +60,28 @@ pub fn split_featurized(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch
     };
     let ok = RecordBatch::try_new(
         staged_features_schema(),
-        pick(&[path, label, features], &ok_mask)?,
+        pick(&[path, label, features, size, modified, e_tag], &ok_mask)?,
     )?;
     let failed = RecordBatch::try_new(
-        errors_schema(),
-        pick(&[path, label, stage, reason], &failed_mask)?,
+        staged_errors_schema(),
+        pick(
+            &[path, label, stage, reason, size, modified, e_tag],
+            &failed_mask,
+        )?,
     )?;
     Ok((ok, failed))
 }
 
+/// The first `schema.fields().len()` columns of `batch`, as `schema`
+/// (e.g. staged errors → `errors/` rows).
+pub fn leading_columns(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns = batch.columns()[..schema.fields().len()].to_vec();
+    RecordBatch::try_new(schema, columns)
+}
+
 pub const FEATURES_DIR: &str = "features";
 pub const ERRORS_DIR: &str = "errors";
+pub const INVENTORY_DIR: &str = "inventory";
 pub const STAGING_DIR: &str = "_staging";
 pub const PCA_MODEL_FILE: &str = "pca_model.json";
 pub const RUN_FILE: &str = "run.json";
@@ -95,13 +113,44 @@ pub fn list_of(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new_list_field(item, true)))
 }
 
-/// Rows of the staging area: features before projection.
+/// What identifies the version of an input file a row was made from.
+fn identity_fields() -> [Field; 3] {
+    [
+        Field::new("size", DataType::UInt64, false),
+        Field::new("last_modified_ms", DataType::Int64, false),
+        Field::new("e_tag", DataType::Utf8, true),
+    ]
+}
+
+/// Rows of the staging area: features before projection, with the
+/// identity of the file they came from.
 pub fn staged_features_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, false),
         Field::new("features", list_of(DataType::Float32), false),
-    ]))
+    ];
+    fields.extend(identity_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// Staged failures: `errors/` rows plus the identity of the file.
+pub fn staged_errors_schema() -> SchemaRef {
+    let mut fields = errors_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect::<Vec<_>>();
+    fields.extend(identity_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// Rows of `inventory/`: every input file a run took, and which version of
+/// it (what `--incremental` compares against).
+pub fn inventory_schema() -> SchemaRef {
+    let mut fields = vec![Field::new("path", DataType::Utf8, false)];
+    fields.extend(identity_fields());
+    Arc::new(Schema::new(fields))
 }
 
 /// Rows of `features/`: the final result.

@@ -2,7 +2,7 @@
 //!
 //! A run writes `_staging/job.json` (what it was started with) before any
 //! work, and its phase-1 results as small Parquet checkpoints: staged
-//! features under `_staging/features/` and failures under `errors/`. Each
+//! features under `_staging/features/` and failures under `_staging/errors/`. Each
 //! checkpoint becomes visible only once complete (a local rename, an S3
 //! PUT or multipart completion), so after a kill every visible file is
 //! whole, and the paths they hold are exactly the work that is done.
@@ -15,7 +15,7 @@ use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde::{Deserialize, Serialize};
 use verger_store::Location;
 
-use crate::{ERRORS_DIR, FEATURES_DIR, OutputError, STAGING_DIR, SUCCESS_FILE};
+use crate::{ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, OutputError, STAGING_DIR, SUCCESS_FILE};
 
 /// `_staging/job.json`, relative to the output.
 pub fn job_file() -> String {
@@ -136,6 +136,28 @@ async fn read_paths(
     Ok(rows)
 }
 
+/// Removes what a run writes after its checkpoints (the final tables and
+/// documents): they are rebuilt from the checkpoints.
+pub async fn clear_results(location: &Location) -> Result<(), OutputError> {
+    for dir in [FEATURES_DIR, ERRORS_DIR, INVENTORY_DIR] {
+        location.delete_all(dir).await?;
+    }
+    for file in [crate::PCA_MODEL_FILE, crate::RUN_FILE] {
+        location.delete(&location.key(file)).await?;
+    }
+    Ok(())
+}
+
+/// `_staging/features`: staged feature checkpoints.
+pub fn staged_features_dir() -> String {
+    format!("{STAGING_DIR}/{FEATURES_DIR}")
+}
+
+/// `_staging/errors`: staged failure checkpoints.
+pub fn staged_errors_dir() -> String {
+    format!("{STAGING_DIR}/{ERRORS_DIR}")
+}
+
 /// What `--resume` found at the output.
 #[derive(Debug)]
 pub enum ResumePoint {
@@ -189,10 +211,6 @@ pub async fn find_resume_point(
             differences.join("; ")
         )));
     }
-    // The projection and the documents are rebuilt from the checkpoints.
-    location.delete_all(FEATURES_DIR).await?;
-    for file in [crate::PCA_MODEL_FILE, crate::RUN_FILE] {
-        location.delete(&location.key(file)).await?;
-    }
+    clear_results(location).await?;
     Ok(ResumePoint::Interrupted(DoneWork::read(location).await?))
 }

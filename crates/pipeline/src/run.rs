@@ -20,8 +20,9 @@ use verger_image::PreprocessConfig;
 use verger_model::{EngineChoice, EngineConfig, SharedModel};
 use verger_output::{DoneWork, JobIdentity, ResumePoint, find_resume_point, job_file};
 use verger_output::{
-    ERRORS_DIR, FEATURES_DIR, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE, STAGING_DIR,
-    errors_schema, features_schema, staged_features_schema,
+    ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE,
+    errors_schema, features_schema, inventory_schema, staged_errors_dir, staged_errors_schema,
+    staged_features_dir, staged_features_schema,
 };
 use verger_store::{Location, NameFilter, StoreKind};
 
@@ -193,7 +194,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     let featurized = featurize_phase(&ctx, config, &input, &output, done_errors).await;
     counter.abort();
     progress.finish().await;
-    let (new_staged, new_errors, error_summary) = featurized?;
+    let (new_staged, new_errors) = featurized?;
     let featurize_s = phase.elapsed().as_secs_f64();
     let listed = metrics.listed.load(Ordering::Relaxed);
     let skipped = metrics.skipped.load(Ordering::Relaxed);
@@ -231,7 +232,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     let phase = Instant::now();
     let staged = ctx
         .read_parquet(
-            output_location.table_url(&format!("{STAGING_DIR}/{FEATURES_DIR}")),
+            output_location.table_url(&staged_features_dir()),
             ParquetReadOptions::default(),
         )
         .await
@@ -244,7 +245,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     // 3. project and write
     let phase = Instant::now();
     let model_json = serde_json::to_string(&pca)?;
-    let projected = staged.select(vec![
+    let projected = staged.clone().select(vec![
         col("path"),
         col("label"),
         col("features"),
@@ -252,7 +253,34 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
             .call(vec![col("features"), lit(model_json)])
             .alias("pca"),
     ])?;
-    let feature_rows = write_partitions(projected, &output_location, FEATURES_DIR).await?;
+    let feature_rows =
+        write_partitions(projected, &output_location, FEATURES_DIR, features_schema()).await?;
+    let (written_errors, error_summary) = write_errors(&ctx, &output_location).await?;
+    if written_errors != error_rows {
+        bail!("internal error: {error_rows} failures were staged but {written_errors} written");
+    }
+    let identity = |frame: DataFrame| {
+        frame.select(vec![
+            col("path"),
+            col("size"),
+            col("last_modified_ms"),
+            col("e_tag"),
+        ])
+    };
+    let mut inventory = identity(staged.clone())?;
+    if let Some(staged_errors) = read_staged(&ctx, &output_location, &staged_errors_dir()).await? {
+        inventory = inventory.union(identity(staged_errors)?)?;
+    }
+    let inventory_rows = write_partitions(
+        inventory,
+        &output_location,
+        INVENTORY_DIR,
+        inventory_schema(),
+    )
+    .await?;
+    if inventory_rows != listed {
+        bail!("internal error: {listed} images listed but {inventory_rows} in the inventory");
+    }
     let project_write_s = phase.elapsed().as_secs_f64();
 
     let counts = Counts {
@@ -354,7 +382,7 @@ async fn featurize_phase(
     input: &Location,
     output: &OutputDir,
     errors_before: u64,
-) -> Result<(u64, u64, Vec<(String, u64)>)> {
+) -> Result<(u64, u64)> {
     let featurize = ctx.udf(verger_engine::FeaturizeUdf::NAME)?;
     let frame = ctx
         .table("images")
@@ -369,6 +397,9 @@ async fn featurize_phase(
                     col("key"),
                 ])
                 .alias("result"),
+            col("size"),
+            col("last_modified_ms"),
+            col("e_tag"),
         ])?;
     let plan = frame.create_physical_plan().await?;
     tracing::debug!(
@@ -389,16 +420,20 @@ async fn featurize_phase(
         let attempt = attempt.clone();
         tasks.spawn(async move {
             let prefix = format!("part-{partition:03}-{attempt}");
-            let staging_dir = format!("{STAGING_DIR}/{FEATURES_DIR}");
-            let mut staged =
-                PartWriter::new(&location, &staging_dir, &prefix, staged_features_schema())
-                    .checkpoint_every(checkpoint);
-            let mut errors = PartWriter::new(&location, ERRORS_DIR, &prefix, errors_schema())
-                .checkpoint_every(checkpoint);
-            if partition == 0 {
-                errors = errors.keep_empty();
-            }
-            let mut summary: HashMap<String, u64> = HashMap::new();
+            let mut staged = PartWriter::new(
+                &location,
+                &staged_features_dir(),
+                &prefix,
+                staged_features_schema(),
+            )
+            .checkpoint_every(checkpoint);
+            let mut errors = PartWriter::new(
+                &location,
+                &staged_errors_dir(),
+                &prefix,
+                staged_errors_schema(),
+            )
+            .checkpoint_every(checkpoint);
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 let (ok, failed) = verger_output::split_featurized(&batch)?;
@@ -413,9 +448,6 @@ async fn featurize_phase(
                         reason,
                         "image skipped"
                     );
-                    *summary
-                        .entry(format!("{stage}: {}", verger_output::reason_kind(reason)))
-                        .or_default() += 1;
                 }
                 let total = errors_so_far.fetch_add(failed.num_rows() as u64, Ordering::SeqCst)
                     + failed.num_rows() as u64;
@@ -432,20 +464,16 @@ async fn featurize_phase(
             }
             let staged = staged.finish().await?;
             let errors = errors.finish().await?;
-            anyhow::Ok((staged.rows, errors.rows, summary))
+            anyhow::Ok((staged.rows, errors.rows))
         });
     }
     let (mut staged_rows, mut error_rows) = (0, 0);
-    let mut summary: HashMap<String, u64> = HashMap::new();
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined? {
-            Ok((staged, errors, part_summary)) => {
+            Ok((staged, errors)) => {
                 staged_rows += staged;
                 error_rows += errors;
-                for (kind, count) in part_summary {
-                    *summary.entry(kind).or_default() += count;
-                }
             }
             Err(e) => {
                 if first_error.is_none() {
@@ -458,10 +486,58 @@ async fn featurize_phase(
     if let Some(e) = first_error {
         return Err(e);
     }
+    Ok((staged_rows, error_rows))
+}
+
+/// The staged checkpoints under `dir`, or `None` when there are none.
+async fn read_staged(
+    ctx: &SessionContext,
+    output: &Location,
+    dir: &str,
+) -> Result<Option<DataFrame>> {
+    let any = output
+        .list_keys(dir)
+        .await?
+        .iter()
+        .any(|k| k.as_ref().ends_with(".parquet"));
+    if !any {
+        return Ok(None);
+    }
+    let frame = ctx
+        .read_parquet(output.table_url(dir), ParquetReadOptions::default())
+        .await
+        .with_context(|| format!("cannot read the checkpoints in {dir} back"))?;
+    Ok(Some(frame))
+}
+
+/// `errors/` from the staged failures (an empty part when there are none, so
+/// readers always find the table), and the failures per reason kind, most
+/// frequent first, at most 20.
+async fn write_errors(
+    ctx: &SessionContext,
+    output: &Location,
+) -> Result<(u64, Vec<(String, u64)>)> {
+    let mut writer = PartWriter::new(output, ERRORS_DIR, "part-000", errors_schema()).keep_empty();
+    let mut summary: HashMap<String, u64> = HashMap::new();
+    if let Some(staged) = read_staged(ctx, output, &staged_errors_dir()).await? {
+        let mut stream = staged.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            let batch = verger_output::leading_columns(&batch?, errors_schema())?;
+            for row in 0..batch.num_rows() {
+                let stage = batch.column(2).as_string::<i32>().value(row);
+                let reason = batch.column(3).as_string::<i32>().value(row);
+                *summary
+                    .entry(format!("{stage}: {}", verger_output::reason_kind(reason)))
+                    .or_default() += 1;
+            }
+            writer.write(&batch).await?;
+        }
+    }
+    let rows = writer.finish().await?.rows;
     let mut summary: Vec<(String, u64)> = summary.into_iter().collect();
     summary.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     summary.truncate(20);
-    Ok((staged_rows, error_rows, summary))
+    Ok((rows, summary))
 }
 
 async fn fit_stats(ctx: &SessionContext, staged: DataFrame) -> Result<verger_pca::PcaStats> {
@@ -482,7 +558,12 @@ async fn fit_stats(ctx: &SessionContext, staged: DataFrame) -> Result<verger_pca
 }
 
 /// Executes `frame` with one writer per partition under `dir/`.
-async fn write_partitions(frame: DataFrame, output: &Location, dir: &str) -> Result<u64> {
+async fn write_partitions(
+    frame: DataFrame,
+    output: &Location,
+    dir: &str,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<u64> {
     let task_ctx = Arc::new(frame.task_ctx());
     let plan = frame.create_physical_plan().await?;
     let streams = execute_stream_partitioned(plan, task_ctx)?;
@@ -490,16 +571,17 @@ async fn write_partitions(frame: DataFrame, output: &Location, dir: &str) -> Res
     for (partition, mut stream) in streams.into_iter().enumerate() {
         let output = output.clone();
         let dir = dir.to_string();
+        let schema = schema.clone();
         tasks.spawn(async move {
             let mut writer = PartWriter::new(
                 &output,
                 &dir,
                 &format!("part-{partition:03}"),
-                features_schema(),
+                schema.clone(),
             );
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
-                let batch = RecordBatch::try_new(features_schema(), batch.columns().to_vec())?;
+                let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())?;
                 writer.write(&batch).await?;
             }
             anyhow::Ok(writer.finish().await?.rows)

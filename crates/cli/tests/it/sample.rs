@@ -177,6 +177,7 @@ fn sample_run_output_layout_and_success_marker() {
     let want: BTreeSet<String> = [
         "features",
         "errors",
+        "inventory",
         "pca_model.json",
         "run.json",
         "_SUCCESS",
