@@ -21,6 +21,7 @@ for a local S3-compatible server. Logs: VERGER_LOG=debug (or RUST_LOG).",
 verger run --input ../shared/datasets/fruits360-sample --output out/sample\n  \
 verger run --input s3://fruits/images/ --output s3://fruits/results/ --k 5\n  \
 verger run --input s3://fruits/images/ --output s3://fruits/results/ --resume   # after a crash\n  \
+verger run --input s3://fruits/images/ --output s3://fruits/results/ --incremental   # new photos\n  \
 verger bench --images 2000\n  \
 verger bench --images 4000 --cluster-executors 0,1,2\n\n\
 On a Ballista cluster (one scheduler, an executor per worker):\n  \
@@ -145,6 +146,10 @@ struct RunArgs {
     /// images it already finished are skipped, the rest are done, then PCA and output as usual
     #[arg(long)]
     resume: bool,
+    /// Update the complete earlier run at --output after the input changed: only new and
+    /// changed images are featurized, rows of deleted ones are dropped, PCA is fitted again
+    #[arg(long)]
+    incremental: bool,
     /// Images per checkpoint file and task: finished work becomes durable every N images,
     /// so a kill loses at most N images per task
     #[arg(long, default_value_t = 256, value_name = "N")]
@@ -273,6 +278,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.center = args.center;
     config.overwrite = args.overwrite;
     config.resume = args.resume;
+    config.incremental = args.incremental;
     config.checkpoint_every = args.checkpoint_every.max(1);
     config.max_errors = args.max_errors;
     config.max_pixels = args.max_pixels;

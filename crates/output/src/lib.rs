@@ -18,6 +18,7 @@
 //! removes `_SUCCESS` first and then every older file, and `_SUCCESS` comes
 //! last. It knows nothing about images, the model or DataFusion.
 
+mod incremental;
 mod parts;
 mod resume;
 
@@ -29,6 +30,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use verger_store::{Location, StoreError};
 
+pub use incremental::{Carried, FileVersion, carry_unchanged, read_inventory};
 pub use parts::{PartWriter, WrittenParts};
 pub use resume::{
     DoneWork, JobIdentity, ResumePoint, clear_results, find_resume_point, job_file,

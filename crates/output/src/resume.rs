@@ -11,7 +11,6 @@ use std::collections::HashSet;
 
 use arrow::array::AsArray;
 use futures::StreamExt;
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde::{Deserialize, Serialize};
 use verger_store::Location;
 
@@ -105,29 +104,10 @@ async fn read_paths(
     key: &object_store::path::Path,
     paths: &mut HashSet<String>,
 ) -> Result<u64, OutputError> {
-    let target = location.display_key(key);
-    let parquet_error = |e: parquet::errors::ParquetError| OutputError::Parquet {
-        target: target.clone(),
-        reason: format!("cannot read this checkpoint back ({e}); delete it and resume again"),
-    };
-    // Deprecated in parquet 59 in favour of hand-written readers; it is
-    // still the maintained object_store adapter and does exactly this.
-    #[allow(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-        location.store().clone(),
-        key.clone(),
-    );
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(parquet_error)?;
-    let only_path = ProjectionMask::roots(builder.parquet_schema(), [0]);
-    let mut stream = builder
-        .with_projection(only_path)
-        .build()
-        .map_err(parquet_error)?;
+    let mut batches = crate::incremental::read_columns(location, key, &[0]).await?;
     let mut rows = 0;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(parquet_error)?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
         for path in batch.column(0).as_string::<i32>().iter().flatten() {
             paths.insert(path.to_string());
         }

@@ -152,6 +152,8 @@ pub(crate) async fn run_on_cluster(
         features: feature_rows,
         errors,
         resumed: 0,
+        unchanged: 0,
+        removed: 0,
     };
     if counts.features + counts.errors != counts.listed {
         bail!("internal error: counts do not add up ({counts:?}); the output was not committed");

@@ -13,6 +13,11 @@ pub struct Counts {
     pub errors: u64,
     /// Listed images an interrupted run had already done (`--resume`).
     pub resumed: u64,
+    /// Listed images whose rows were reused from the earlier run because the
+    /// file did not change (`--incremental`).
+    pub unchanged: u64,
+    /// Rows of the earlier run dropped because their file is gone (`--incremental`).
+    pub removed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,9 +84,14 @@ impl RunReport {
         } else {
             0.0
         };
-        let resumed = match self.counts.resumed {
-            0 => String::new(),
-            n => format!(" ({n} already done before --resume, skipped)"),
+        let c = &self.counts;
+        let resumed = match (c.resumed, c.unchanged, c.removed) {
+            (0, 0, 0) => String::new(),
+            (n, 0, 0) => format!(" ({n} already done before --resume, skipped)"),
+            (_, unchanged, removed) => format!(
+                " ({} computed, {unchanged} unchanged and reused, {removed} removed)",
+                c.listed - unchanged - c.resumed
+            ),
         };
         format!(
             "verger: {} images listed, {} featurized, {} errors{resumed} in {:.1}s ({:.1} images/s) -> {}",

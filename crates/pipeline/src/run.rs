@@ -18,7 +18,7 @@ use futures::StreamExt;
 use verger_engine::{FeaturizeContext, ImageTable, StageMetrics};
 use verger_image::PreprocessConfig;
 use verger_model::{EngineChoice, EngineConfig, SharedModel};
-use verger_output::{DoneWork, JobIdentity, ResumePoint, find_resume_point, job_file};
+use verger_output::{DoneWork, FileVersion, JobIdentity, ResumePoint, find_resume_point, job_file};
 use verger_output::{
     ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE,
     errors_schema, features_schema, inventory_schema, staged_errors_dir, staged_errors_schema,
@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub cluster: Option<String>,
     /// Continue an interrupted run at `output` instead of starting over.
     pub resume: bool,
+    /// Update the complete run at `output`: only new and changed images are
+    /// featurized, deleted ones are dropped, the PCA is fitted again.
+    pub incremental: bool,
     /// Featurized images per checkpoint file and task: what a kill can lose.
     pub checkpoint_every: usize,
 }
@@ -79,6 +82,7 @@ impl RunConfig {
             progress: ProgressMode::Auto,
             cluster: None,
             resume: false,
+            incremental: false,
             checkpoint_every: 256,
         }
     }
@@ -94,6 +98,12 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     if config.resume && config.overwrite {
         bail!(
             "--resume keeps the work already done and --overwrite throws it away: pass one of them"
+        );
+    }
+    if config.incremental && (config.resume || config.overwrite) {
+        bail!(
+            "--incremental updates a complete earlier run; it goes with neither --resume \
+             (an interrupted --incremental run is finished with --resume alone) nor --overwrite"
         );
     }
     let filter = NameFilter::new(&config.glob)?;
@@ -112,9 +122,9 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
         );
     }
     if let Some(cluster) = &config.cluster {
-        if config.resume {
+        if config.resume || config.incremental {
             bail!(
-                "--resume is not supported with --cluster yet: cluster tasks already rerun on their own when an executor is lost"
+                "--resume and --incremental are not supported with --cluster yet: cluster tasks already rerun on their own when an executor is lost"
             );
         }
         return crate::cluster_run::run_on_cluster(config, cluster, input, started, started_at)
@@ -142,9 +152,16 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
         model_sha256: model.file().sha256.clone(),
         max_pixels: config.max_pixels,
     };
-    let resume_point = match config.resume {
-        true => find_resume_point(&output_location, &job).await?,
-        false => ResumePoint::Fresh,
+    let mut changes = Changes::default();
+    let resume_point = if config.incremental {
+        let (done, found) =
+            prepare_incremental(config, &input, &filter, &output_location, &job).await?;
+        changes = found;
+        ResumePoint::Interrupted(done)
+    } else if config.resume {
+        find_resume_point(&output_location, &job).await?
+    } else {
+        ResumePoint::Fresh
     };
     let (output, done) = match resume_point {
         ResumePoint::Fresh => {
@@ -287,7 +304,9 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
         listed,
         features: feature_rows,
         errors: error_rows,
-        resumed: skipped,
+        resumed: if config.incremental { 0 } else { skipped },
+        unchanged: if config.incremental { skipped } else { 0 },
+        removed: changes.removed,
     };
     if counts.features + counts.errors != counts.listed {
         bail!("internal error: counts do not add up ({counts:?}); the output was not committed");
@@ -335,6 +354,98 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     // from; a leftover `_staging/` is removed by the next --resume.
     output.remove_staging().await?;
     Ok(report)
+}
+
+/// What `--incremental` found, comparing the input with the earlier inventory.
+#[derive(Debug, Default, Clone, Copy)]
+struct Changes {
+    unchanged: u64,
+    changed: u64,
+    new: u64,
+    removed: u64,
+}
+
+/// Checks that `output` is a complete run of the same job, compares its
+/// inventory with the input, and carries the rows of unchanged images into
+/// staging; what is left is an interrupted run of the new input.
+async fn prepare_incremental(
+    config: &RunConfig,
+    input: &Location,
+    filter: &NameFilter,
+    output: &Location,
+    job: &JobIdentity,
+) -> Result<(DoneWork, Changes)> {
+    let root = output.display_root();
+    if !output.exists(verger_output::SUCCESS_FILE).await? {
+        bail!(
+            "--incremental updates a complete earlier run, and {root} holds none (no _SUCCESS): \
+             finish an interrupted run with --resume, or start one without --incremental"
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.read(&output.key(RUN_FILE)).await?)
+            .with_context(|| format!("{root}/{RUN_FILE} is unreadable"))?;
+    let previous = JobIdentity {
+        input: report["parameters"]["input"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        glob: report["parameters"]["glob"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        model_sha256: report["model"]["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        max_pixels: report["parameters"]["max_pixels"]
+            .as_u64()
+            .unwrap_or_default(),
+    };
+    if &previous != job {
+        bail!(
+            "--incremental needs the same input, glob, model and --max-pixels as the earlier run \
+             at {root} (it had {previous:?}); run with --overwrite to start over"
+        );
+    }
+    let inventory = verger_output::read_inventory(output).await?;
+    let mut changes = Changes::default();
+    let mut unchanged = HashMap::new();
+    let mut seen = 0u64;
+    let mut images = verger_store::list_images(input, filter);
+    while let Some(image) = images.next().await {
+        let image = image?;
+        let now = FileVersion {
+            size: image.size,
+            last_modified_ms: image.last_modified_ms,
+            e_tag: image.e_tag.clone(),
+        };
+        match inventory.get(&image.path) {
+            Some(was) => {
+                seen += 1;
+                if was.unchanged(&now) {
+                    unchanged.insert(image.path, now);
+                } else {
+                    changes.changed += 1;
+                }
+            }
+            None => changes.new += 1,
+        }
+    }
+    changes.unchanged = unchanged.len() as u64;
+    changes.removed = inventory.len() as u64 - seen;
+    let carried =
+        verger_output::carry_unchanged(output, job, &unchanged, config.checkpoint_every).await?;
+    tracing::info!(
+        unchanged = changes.unchanged,
+        changed = changes.changed,
+        new = changes.new,
+        removed = changes.removed,
+        carried_features = carried.features,
+        carried_errors = carried.errors,
+        "incremental: only new and changed images will be featurized"
+    );
+    Ok((DoneWork::read(output).await?, changes))
 }
 
 /// Counts the input ahead of the work so progress can show a total and an
