@@ -268,6 +268,37 @@ else
     skip systemd-verify "systemd-analyze not available or install failed"
 fi
 
+# 8b. Every flag the units pass exists in the real binary's --help.
+unit_flags_check() { # unit_flags_check VERGER_BINARY
+    local bin=$1 unit cmd flag missing=0
+    local -a flags
+    for unit in scheduler executor; do
+        cmd=$(sed -n 's|.*/opt/verger/bin/verger \([a-z]*\).*|\1|p' "$here/systemd/verger-$unit.service")
+        mapfile -t flags < <(grep -o -- '--[a-z][a-z-]*' "$here/systemd/verger-$unit.service" | sort -u)
+        for flag in "${flags[@]}"; do
+            if "$bin" "$cmd" --help | grep -q -- "$flag"; then
+                echo "verger $cmd $flag: ok"
+            else
+                echo "verger $cmd $flag: NOT ACCEPTED"; missing=1
+            fi
+        done
+    done
+    return "$missing"
+}
+# The newest build, release or debug.
+verger_bin=""
+for candidate in "${CARGO_TARGET_DIR:-$repo/target}"/{release,debug}/verger; do
+    if [ -x "$candidate" ] && { [ -z "$verger_bin" ] || [ "$candidate" -nt "$verger_bin" ]; }; then
+        verger_bin=$candidate
+    fi
+done
+if [ -n "$verger_bin" ]; then
+    check unit-flags "the units' flags are accepted by $(basename "$(dirname "$verger_bin")")/verger" \
+        unit_flags_check "$verger_bin"
+else
+    skip unit-flags "no built verger binary (cargo build first)"
+fi
+
 # 9. First boot: bootstrap.sh against a local S3 server and a fake IMDSv2.
 boot_pids=()
 stop_boot_servers() {
