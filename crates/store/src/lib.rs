@@ -77,7 +77,7 @@ pub fn describe(err: &object_store::Error) -> String {
         _ if lower.contains("signaturedoesnotmatch")
             || lower.contains("invalidaccesskeyid")
             || lower.contains("accessdenied")
-            || lower.contains("403") =>
+            || lower.contains("status code: 403") =>
         {
             Some(
                 "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the instance role) and the bucket policy",

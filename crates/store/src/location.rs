@@ -1,14 +1,90 @@
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{
+    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 
 use crate::StoreError;
 
 /// The default region: the company's data must stay in the EU.
 const DEFAULT_REGION: &str = "eu-west-1";
+
+/// TCP connect timeout (the AWS SDKs' "standard" default is 3.1 s); a
+/// timed-out connect is retried like any transient fault.
+const CONNECT_TIMEOUT: &str = "3s";
+/// Whole-request timeout (object_store's default): an image or a part upload
+/// takes far less, a request hung on a restarting server is cut and retried.
+const REQUEST_TIMEOUT: &str = "30s";
+/// Retries of one request before its error is reported (`VERGER_S3_MAX_RETRIES`).
+const MAX_RETRIES: usize = 40;
+/// Time after a request's first attempt past which it is no longer retried
+/// (`VERGER_S3_RETRY_TIMEOUT`, seconds).
+const RETRY_TIMEOUT_SECS: f64 = 120.0;
+
+/// How the S3 client rides out transient faults.
+///
+/// object_store 0.13 retries 5xx (503 SlowDown included), 429 and 408
+/// responses, connection failures (refused, reset, closed before the
+/// response) and, for reads and idempotent writes, timeouts; it never retries
+/// another 4xx, so a missing bucket (404) or refused credentials (403) still
+/// fail at once. Its default is 10 retries with a decorrelated-jitter backoff
+/// (`next = uniform(100 ms, 2 × previous)`), whose total is only about 1.5 to
+/// 2.6 s: not enough to wait for a restarting server. Here the backoff grows
+/// faster (× 4, capped at 5 s) and the retry count is high enough that the
+/// time limit is what ends the retries: a request keeps trying for about
+/// 30 s at the very least and 120 s at most.
+fn retry_config() -> Result<RetryConfig, String> {
+    let max_retries = match std::env::var("VERGER_S3_MAX_RETRIES") {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| format!("VERGER_S3_MAX_RETRIES={v:?} is not a whole number"))?,
+        Err(_) => MAX_RETRIES,
+    };
+    let retry_timeout = match std::env::var("VERGER_S3_RETRY_TIMEOUT") {
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(std::time::Duration::from_secs_f64)
+            .ok_or_else(|| format!("VERGER_S3_RETRY_TIMEOUT={v:?} is not a number of seconds"))?,
+        Err(_) => std::time::Duration::from_secs_f64(RETRY_TIMEOUT_SECS),
+    };
+    Ok(RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(5),
+            base: 4.0,
+        },
+        max_retries,
+        retry_timeout,
+    })
+}
+
+/// Whether `err` is a transport failure (connection reset or timed out after
+/// the request was sent) that object_store does not retry for a request it
+/// does not know to be idempotent: its S3 delete is a bulk-delete POST.
+fn interrupted(err: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return matches!(
+                http.kind(),
+                HttpErrorKind::Interrupted | HttpErrorKind::Timeout
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Extra attempts of a delete interrupted in flight (deleting twice is harmless).
+const DELETE_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
@@ -58,6 +134,21 @@ impl Location {
             {
                 builder = builder.with_region(DEFAULT_REGION);
             }
+            // Per-key settings, so `from_env` keeps AWS_ALLOW_HTTP and friends
+            // (`with_client_options` would replace them all).
+            for (key, env, value) in [
+                (
+                    ClientConfigKey::ConnectTimeout,
+                    "AWS_CONNECT_TIMEOUT",
+                    CONNECT_TIMEOUT,
+                ),
+                (ClientConfigKey::Timeout, "AWS_TIMEOUT", REQUEST_TIMEOUT),
+            ] {
+                if std::env::var_os(env).is_none() {
+                    builder = builder.with_config(AmazonS3ConfigKey::Client(key), value);
+                }
+            }
+            builder = builder.with_retry(retry_config().map_err(|reason| invalid(&reason))?);
             let store = builder.build().map_err(|e| invalid(&crate::describe(&e)))?;
             let prefix = Path::parse(prefix.trim_end_matches('/'))
                 .map_err(|e| invalid(&format!("bad prefix: {e}")))?;
@@ -261,9 +352,16 @@ impl Location {
     }
 
     pub async fn delete(&self, key: &Path) -> Result<(), StoreError> {
-        match self.store.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StoreError::access("delete", self.display_key(key), e)),
+        let mut attempt = 1;
+        loop {
+            match self.store.delete(key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                Err(e) if attempt < DELETE_ATTEMPTS && interrupted(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(StoreError::access("delete", self.display_key(key), e)),
+            }
         }
     }
 
@@ -329,6 +427,42 @@ mod tests {
     fn unknown_scheme_is_refused() {
         let err = Location::parse("gs://bucket/x").unwrap_err().to_string();
         assert!(err.contains("only local folders"), "{err}");
+    }
+
+    #[test]
+    fn only_interrupted_transport_errors_retry_a_delete() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let http = |kind| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(
+                kind,
+                std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            )),
+        };
+        assert!(interrupted(&http(HttpErrorKind::Interrupted)));
+        assert!(interrupted(&http(HttpErrorKind::Timeout)));
+        // Connection failures were already retried by object_store itself.
+        assert!(!interrupted(&http(HttpErrorKind::Connect)));
+        let not_found = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        };
+        assert!(!interrupted(&not_found));
+    }
+
+    #[test]
+    fn a_server_error_is_not_called_access_denied() {
+        let err = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing GET http://127.0.0.1:40312/b/k in 1.403s - Server returned non-2xx status code: 503 Service Unavailable: SlowDown".into(),
+        };
+        let text = crate::describe(&err);
+        assert!(!text.contains("access denied"), "{text}");
+        let err = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing GET http://h/b in 0.1s - Server returned non-2xx status code: 403 Forbidden: ".into(),
+        };
+        assert!(crate::describe(&err).contains("access denied"));
     }
 
     #[test]

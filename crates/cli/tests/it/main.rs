@@ -7,6 +7,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod cluster;
+mod faults;
 mod incremental;
 mod interop;
 mod output;

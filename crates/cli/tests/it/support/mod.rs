@@ -5,6 +5,7 @@
 #![allow(dead_code)] // not every test module uses every helper
 
 pub mod ballista;
+pub mod fault_proxy;
 pub mod output;
 pub mod runner;
 pub mod seaweed;
