@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use verger_pipeline::bench::{BenchConfig, bench, table};
+use verger_pipeline::bench::{BenchConfig, bench, bench_listing, listing_table, table};
 use verger_pipeline::{ProgressMode, RunConfig};
 
 #[derive(Parser)]
@@ -198,6 +198,10 @@ struct BenchArgs {
     /// with N executors sharing this machine (e.g. 0,1,2)
     #[arg(long, value_delimiter = ',', default_value = "0")]
     cluster_executors: Vec<usize>,
+    /// Instead: the listing-scale benchmark on synthetic collections of this many tiny
+    /// objects (e.g. 10000,100000): listing time, peak RSS, a killed and resumed run
+    #[arg(long, value_delimiter = ',', value_name = "OBJECTS")]
+    listing: Option<Vec<usize>>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -364,6 +368,14 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         ceiling_batches: args.ceiling_batches,
         cluster_executors: args.cluster_executors,
     };
+    if let Some(counts) = args.listing {
+        let rows = bench_listing(&counts, &config, &std::env::current_exe()?)?;
+        println!("{}", listing_table(&rows));
+        if let Some(path) = args.json {
+            std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)?;
+        }
+        return Ok(());
+    }
     let rows = bench(&config, &std::env::current_exe()?)?;
     println!("{}", table(&rows));
     if let Some(path) = args.json {

@@ -67,10 +67,7 @@ impl DoneWork {
     /// would mean a duplicate row: that is refused, not hidden.
     pub async fn read(location: &Location) -> Result<Self, OutputError> {
         let mut done = DoneWork::default();
-        for (dir, is_error) in [
-            (format!("{STAGING_DIR}/{FEATURES_DIR}"), false),
-            (ERRORS_DIR.to_string(), true),
-        ] {
+        for (dir, is_error) in [(staged_features_dir(), false), (staged_errors_dir(), true)] {
             let mut keys = location.list_keys(&dir).await?;
             keys.retain(|k| k.as_ref().ends_with(".parquet"));
             keys.sort();

@@ -110,6 +110,7 @@ pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
                     .path()
                     .join(format!("output-{}-{count}-{mode}", model.engine_name()));
                 let target = Target {
+                    quiet: false,
                     engine,
                     model_path: &model_path,
                     input: &input,
@@ -221,6 +222,7 @@ struct ChildRun {
 
 /// What one measured run works on.
 struct Target<'a> {
+    quiet: bool,
     engine: EngineChoice,
     model_path: &'a Path,
     input: &'a Path,
@@ -248,7 +250,6 @@ fn run_child(
         .arg(target.input)
         .arg("--output")
         .arg(target.output)
-        .arg("--overwrite")
         .args(["--progress", "off", "--engine", engine_flag(target.engine)])
         .arg("--batch-size")
         .arg(config.batch_size.to_string())
@@ -257,6 +258,13 @@ fn run_child(
         .arg("--model")
         .arg(target.model_path)
         .args(extra);
+    if !extra.contains(&"--resume") {
+        command.arg("--overwrite");
+    }
+    if target.quiet {
+        // One warning per failed object would drown the benchmark's output.
+        command.env("VERGER_LOG", "error");
+    }
     if let Some(lib) = &config.ort_library {
         command.arg("--ort-lib").arg(lib);
     }
@@ -485,4 +493,174 @@ fn peak_rss_kib(pid: u32) -> Option<i64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// One size of the listing-scale benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListingRow {
+    pub objects: usize,
+    /// Of which valid images (the rest are tiny non-images: they exercise
+    /// listing, reading and error accounting without the model's cost).
+    pub images: usize,
+    /// The count-only listing on its own.
+    pub list_s: f64,
+    pub wall_s: f64,
+    pub peak_rss_mib: f64,
+    /// A run killed half-way, then `--resume`: its peak RSS (it holds the
+    /// paths already done) and how many it skipped.
+    pub resume_peak_rss_mib: f64,
+    pub resume_skipped: u64,
+    pub error_rows: u64,
+}
+
+/// `objects` files under `dir/label-NNN/`, one valid image in 1,000.
+fn tiny_collection(dir: &Path, objects: usize, image: &[u8]) -> Result<usize> {
+    let mut images = 0;
+    for i in 0..objects {
+        let folder = dir.join(format!("label-{:03}", i % 100));
+        if i < 100 {
+            std::fs::create_dir_all(&folder)?;
+        }
+        let bytes: &[u8] = if i % 1000 == 0 {
+            images += 1;
+            image
+        } else {
+            b"not an image: a placeholder a few bytes long"
+        };
+        std::fs::write(folder.join(format!("obj-{i:07}.jpg")), bytes)?;
+    }
+    Ok(images)
+}
+
+/// Listing, checkpoints and error accounting at scale: a synthetic
+/// collection of `counts` tiny objects, a full run and a killed-then-resumed
+/// run each, with peak RSS.
+pub fn bench_listing(
+    counts: &[usize],
+    config: &BenchConfig,
+    verger_exe: &Path,
+) -> Result<Vec<ListingRow>> {
+    let dataset = std::fs::canonicalize(&config.dataset)
+        .with_context(|| format!("cannot find the dataset {}", config.dataset.display()))?;
+    let image = std::fs::read(
+        sample_images(&dataset)?
+            .first()
+            .context("no .jpg in the dataset")?,
+    )?;
+    let work = tempfile::Builder::new()
+        .prefix("verger-bench-listing-")
+        .tempdir_in(config.work_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+    let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
+    let mut rows = Vec::new();
+    for &objects in counts {
+        let input = work.path().join(format!("input-{objects}"));
+        eprintln!("bench: writing {objects} tiny objects…");
+        let images = tiny_collection(&input, objects, &image)?;
+        let output = work.path().join(format!("output-{objects}"));
+        let target = Target {
+            quiet: true,
+            engine: config.engines.first().copied().unwrap_or_default(),
+            model_path: &model_path,
+            input: &input,
+            output: &output,
+        };
+        let full = run_child(verger_exe, config, &target, &["--k", "2"])?;
+        let number = |pointer: &str| {
+            full.report
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_f64)
+                .with_context(|| format!("run.json lacks {pointer}"))
+        };
+        let (list_s, error_rows) = (number("/timings/stages/list_s")?, number("/counts/errors")?);
+
+        // Killed once half the checkpoints of a full run exist, then resumed.
+        let resumed_output = work.path().join(format!("resumed-{objects}"));
+        std::fs::remove_dir_all(&output).ok();
+        let mut child = std::process::Command::new(verger_exe)
+            .arg("run")
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&resumed_output)
+            .args(["--progress", "off", "--k", "2", "--model"])
+            .env("VERGER_LOG", "error")
+            .arg(&model_path)
+            .args(
+                config
+                    .ort_library
+                    .iter()
+                    .flat_map(|l| [std::ffi::OsStr::new("--ort-lib"), l.as_os_str()]),
+            )
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let staged_errors = resumed_output.join("_staging/errors");
+        // A run stages about objects / 256 checkpoints (most objects fail):
+        // wait for half of those.
+        let half = (objects / 256 / 2).max(1);
+        while std::fs::read_dir(&staged_errors)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            < half
+        {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill().ok();
+        child.wait()?;
+        let resume_target = Target {
+            output: &resumed_output,
+            ..target
+        };
+        let resumed = run_child(
+            verger_exe,
+            config,
+            &resume_target,
+            &["--k", "2", "--resume"],
+        )
+        .context("the resumed run failed")?;
+        let resume_skipped = resumed
+            .report
+            .pointer("/counts/resumed")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        std::fs::remove_dir_all(&resumed_output).ok();
+        std::fs::remove_dir_all(&input).ok();
+        let row = ListingRow {
+            objects,
+            images,
+            list_s,
+            wall_s: full.wall_s,
+            peak_rss_mib: full.peak_rss_kib as f64 / 1024.0,
+            resume_peak_rss_mib: resumed.peak_rss_kib as f64 / 1024.0,
+            resume_skipped,
+            error_rows: error_rows as u64,
+        };
+        eprintln!("bench: {row:?}");
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// A Markdown table of the listing benchmark.
+pub fn listing_table(rows: &[ListingRow]) -> String {
+    let mut out = String::from(
+        "| objects | valid images | listing s | run wall s | peak RSS MiB | resumed: skipped | resumed: peak RSS MiB | error rows |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.2} | {:.1} | {:.0} | {} | {:.0} | {} |\n",
+            r.objects,
+            r.images,
+            r.list_s,
+            r.wall_s,
+            r.peak_rss_mib,
+            r.resume_skipped,
+            r.resume_peak_rss_mib,
+            r.error_rows
+        ));
+    }
+    out
 }

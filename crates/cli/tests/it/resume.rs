@@ -225,11 +225,12 @@ fn runs_killed_at_random_points_resume_to_the_uninterrupted_result() {
             std::os::unix::fs::symlink(image.path(), dir.join(image.file_name())).unwrap();
         }
     }
+    // Checkpoints of 4 images, so failures too become durable early.
     let flags = [
         "--glob",
         "*.{jpg,png}",
         "--checkpoint-every",
-        "16",
+        "4",
         "--partitions",
         "2",
     ];
