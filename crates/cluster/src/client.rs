@@ -146,6 +146,8 @@ impl Cluster {
 
     /// Phase 1: every image of each slice ends up in the staging folder or
     /// in `errors/`. One summary per slice.
+    /// `only`: the slices still to do (all when `None`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn featurize(
         &self,
         input: &str,
@@ -153,6 +155,7 @@ impl Cluster {
         batch_size: usize,
         output: &str,
         slices: u32,
+        only: Option<Vec<u32>>,
         job_name: &str,
     ) -> Result<Vec<TaskSummary>> {
         let ctx = self.planner(slices)?;
@@ -163,7 +166,10 @@ impl Cluster {
         };
         let featurize = ctx.udf(FeaturizeUdf::NAME)?;
         let plan = ctx
-            .read_table(Arc::new(SlicedTable::images(spec, slices)))?
+            .read_table(Arc::new(match only {
+                Some(which) => SlicedTable::images(spec, slices).only(which),
+                None => SlicedTable::images(spec, slices),
+            }))?
             .select(vec![
                 col("path"),
                 col("label"),

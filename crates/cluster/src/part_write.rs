@@ -98,8 +98,9 @@ pub fn summary_schema() -> SchemaRef {
     ]))
 }
 
-/// A summary row, decoded on the client.
-#[derive(Debug, Clone, Default)]
+/// A summary row, decoded on the client (and kept as a slice's completion
+/// marker, `_staging/slices/slice-NNNN.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TaskSummary {
     pub slice: Option<u32>,
     pub listed: u64,
@@ -366,6 +367,7 @@ async fn write_all(
             }
         }
     }
+    let single_slice = writers.len() == 1;
     let mut slice_ids = UInt32Builder::new();
     match writers.keys().next() {
         Some(first) => slice_ids.append_value(*first),
@@ -388,7 +390,7 @@ async fn write_all(
     let one_u64 = |v: u64| Arc::new(UInt64Array::from(vec![v])) as _;
     let one_str = |v: &str| Arc::new(StringArray::from(vec![v.to_string()])) as _;
     let ns = |s: f64| (s * 1e9) as u64;
-    Ok(RecordBatch::try_new(
+    let summary = RecordBatch::try_new(
         summary_schema(),
         vec![
             Arc::new(slice_ids.finish()),
@@ -407,5 +409,29 @@ async fn write_all(
             one_str(&worker.engine),
             one_str(&worker.model_sha256),
         ],
-    )?)
+    )?;
+    // A slice's files are all closed now: mark it done, for `--resume`.
+    if kind == PartKind::Staging
+        && let [marker] = TaskSummary::from_batches(std::slice::from_ref(&summary))?.as_slice()
+        && let Some(slice) = marker.slice
+        && single_slice
+    {
+        let text =
+            serde_json::to_vec(marker).map_err(|e| DataFusionError::Internal(e.to_string()))?;
+        location
+            .write(&slice_marker(slice), text)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    }
+    Ok(summary)
+}
+
+/// Where a finished phase-1 slice leaves its summary.
+pub fn slice_marker(slice: u32) -> String {
+    format!("{}/slice-{slice:04}.json", slice_markers_dir())
+}
+
+/// `_staging/slices`.
+pub fn slice_markers_dir() -> String {
+    format!("{}/slices", verger_output::STAGING_DIR)
 }

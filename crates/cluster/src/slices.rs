@@ -66,9 +66,15 @@ fn seed_schema() -> SchemaRef {
 
 /// `slices` partitions of one row each: the leaf Ballista splits into tasks.
 pub fn seeds(slices: u32) -> Result<Arc<dyn ExecutionPlan>> {
+    seeds_for(&(0..slices.max(1)).collect::<Vec<_>>(), slices)
+}
+
+/// One partition per listed slice (of `slices`): what is left to do.
+pub fn seeds_for(which: &[u32], slices: u32) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = seed_schema();
-    let partitions = (0..slices.max(1))
-        .map(|slice| {
+    let partitions = which
+        .iter()
+        .map(|&slice| {
             RecordBatch::try_new(
                 schema.clone(),
                 vec![
@@ -416,6 +422,8 @@ fn read_parquet(
 pub struct SlicedTable {
     schema: SchemaRef,
     slices: u32,
+    /// Only these slices (all when `None`).
+    only: Option<Vec<u32>>,
     source: SlicedSource,
 }
 
@@ -430,14 +438,22 @@ impl SlicedTable {
         SlicedTable {
             schema: with_slice_column(&verger_engine::image_table_schema()),
             slices,
+            only: None,
             source: SlicedSource::Images(spec),
         }
+    }
+
+    /// Restricts the table to some slices (the ones an interrupted run left).
+    pub fn only(mut self, slices: Vec<u32>) -> Self {
+        self.only = Some(slices);
+        self
     }
 
     pub fn staged(spec: StagedReadSpec, slices: u32) -> Self {
         SlicedTable {
             schema: with_slice_column(&staged_features_schema()),
             slices,
+            only: None,
             source: SlicedSource::Staged(spec),
         }
     }
@@ -463,7 +479,10 @@ impl TableProvider for SlicedTable {
         if !filters.is_empty() {
             return plan_err!("sliced tables take no filters");
         }
-        let seeds = seeds(self.slices)?;
+        let seeds = match &self.only {
+            Some(which) => seeds_for(which, self.slices)?,
+            None => seeds(self.slices)?,
+        };
         let source: Arc<dyn ExecutionPlan> = match &self.source {
             SlicedSource::Images(spec) => Arc::new(ImageListExec::try_new(seeds, spec.clone())?),
             SlicedSource::Staged(spec) => Arc::new(StagedReadExec::try_new(seeds, spec.clone())?),

@@ -8,9 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use verger_cluster::part_write::slice_markers_dir;
 use verger_cluster::{Cluster, TaskSummary};
 use verger_engine::StageTimes;
-use verger_output::{ERRORS_DIR, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE, errors_schema};
+use verger_output::{
+    ERRORS_DIR, JobIdentity, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE, SUCCESS_FILE,
+    errors_schema, job_file,
+};
 use verger_store::Location;
 
 use crate::report::{Counts, ModelInfo, Parameters, RunReport, Timings, Versions};
@@ -45,8 +49,32 @@ pub(crate) async fn run_on_cluster(
     cluster.check_reachable().await?;
     let output_location =
         Location::parse_for_output(&config.output).context("cannot open --output")?;
-    let output = OutputDir::prepare(output_location.clone(), config.overwrite).await?;
     let slices = config.partitions.max(1) as u32;
+    // The client never loads the model: the executors report its sha256.
+    let job = JobIdentity {
+        input: input.display_root().to_string(),
+        glob: config.glob.clone(),
+        model_sha256: String::new(),
+        max_pixels: config.max_pixels,
+    };
+    let (output, done) = match config.resume {
+        true => match resume_point(&output_location, &job, slices).await? {
+            Some(done) => (OutputDir::reopen(output_location.clone()), done),
+            None => (
+                OutputDir::prepare(output_location.clone(), false).await?,
+                Vec::new(),
+            ),
+        },
+        false => (
+            OutputDir::prepare(output_location.clone(), config.overwrite).await?,
+            Vec::new(),
+        ),
+    };
+    if done.is_empty() {
+        output.write_json(&job_file(), &job).await?;
+    }
+    let done_slices: Vec<u32> = done.iter().filter_map(|s| s.slice).collect();
+    let todo: Vec<u32> = (0..slices).filter(|s| !done_slices.contains(s)).collect();
     let run_id = &uuid::Uuid::new_v4().to_string()[..8];
     let (input_root, output_root) = (input.display_root(), output_location.display_root());
     tracing::info!(
@@ -59,18 +87,33 @@ pub(crate) async fn run_on_cluster(
 
     // 1. featurize
     let phase = Instant::now();
-    let summaries = while_waiting(
-        "featurize",
-        cluster.featurize(
-            input_root,
-            &config.glob,
-            config.batch_size,
-            output_root,
-            slices,
-            &format!("verger {run_id} featurize"),
-        ),
-    )
-    .await?;
+    let resumed: u64 = done.iter().map(|s| s.listed).sum();
+    if !done.is_empty() {
+        tracing::info!(
+            slices_done = done_slices.len(),
+            images_done = resumed,
+            "resuming: finished slices are not run again"
+        );
+    }
+    let mut summaries = done;
+    if !todo.is_empty() {
+        let only = (todo.len() < slices as usize).then_some(todo);
+        summaries.extend(
+            while_waiting(
+                "featurize",
+                cluster.featurize(
+                    input_root,
+                    &config.glob,
+                    config.batch_size,
+                    output_root,
+                    slices,
+                    only,
+                    &format!("verger {run_id} featurize"),
+                ),
+            )
+            .await?,
+        );
+    }
     let featurize_s = phase.elapsed().as_secs_f64();
     check_one_summary_per_slice(&summaries, slices)?;
     let listed: u64 = summaries.iter().map(|s| s.listed).sum();
@@ -151,7 +194,7 @@ pub(crate) async fn run_on_cluster(
         listed,
         features: feature_rows,
         errors,
-        resumed: 0,
+        resumed,
         unchanged: 0,
         removed: 0,
     };
@@ -218,7 +261,54 @@ pub(crate) async fn run_on_cluster(
     };
     output.write_json(RUN_FILE, &report).await?;
     output.commit().await?;
+    output.remove_staging().await?;
     Ok(report)
+}
+
+/// Where an interrupted cluster run stopped: the summaries of its finished
+/// slices (`None` when the output is empty: a fresh run).
+async fn resume_point(
+    output: &Location,
+    job: &JobIdentity,
+    slices: u32,
+) -> Result<Option<Vec<TaskSummary>>> {
+    let root = output.display_root();
+    if output.list_keys("").await?.is_empty() {
+        return Ok(None);
+    }
+    if output.exists(SUCCESS_FILE).await? {
+        output.delete_all(verger_output::STAGING_DIR).await?;
+        bail!("cannot resume at {root}: that run already completed (_SUCCESS is present)");
+    }
+    if !output.exists(&job_file()).await? {
+        bail!("cannot resume at {root}: it is not an interrupted verger run; use --overwrite");
+    }
+    let previous: JobIdentity =
+        serde_json::from_slice(&output.read(&output.key(&job_file())).await?)
+            .with_context(|| format!("{root}/{} is unreadable", job_file()))?;
+    if &previous != job {
+        bail!(
+            "cannot resume at {root}: it was started with other settings ({previous:?}); \
+             resume with the same ones (and --cluster), or use --overwrite"
+        );
+    }
+    // Phase 3 and the documents are redone; phase-1 files stay.
+    output.delete_all(verger_output::FEATURES_DIR).await?;
+    for file in [PCA_MODEL_FILE, RUN_FILE] {
+        output.delete(&output.key(file)).await?;
+    }
+    let mut done = Vec::new();
+    for key in output.list_keys(&slice_markers_dir()).await? {
+        let summary: TaskSummary = serde_json::from_slice(&output.read(&key).await?)
+            .with_context(|| format!("{} is unreadable", output.display_key(&key)))?;
+        if summary.slice.is_some_and(|s| s < slices) {
+            done.push(summary);
+        }
+    }
+    if done.is_empty() {
+        tracing::info!("resuming: no slice had finished");
+    }
+    Ok(Some(done))
 }
 
 /// Logs a line every 10 s while a phase runs on the cluster.

@@ -122,10 +122,8 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
         );
     }
     if let Some(cluster) = &config.cluster {
-        if config.resume || config.incremental {
-            bail!(
-                "--resume and --incremental are not supported with --cluster yet: cluster tasks already rerun on their own when an executor is lost"
-            );
+        if config.incremental {
+            bail!("--incremental is not supported with --cluster yet: run it embedded");
         }
         return crate::cluster_run::run_on_cluster(config, cluster, input, started, started_at)
             .await;

@@ -361,3 +361,60 @@ fn cluster_records_bad_inputs_exactly_like_an_embedded_run() {
         "error summary"
     );
 }
+
+#[test]
+fn a_killed_cluster_run_resumes_without_duplicating_slices() {
+    let s3 = s3_with_sample();
+    let mut cluster = TestCluster::start(&["exec-a", "exec-b"], &s3.env(), 6);
+    let markers = || {
+        s3.tool(["ls", "s3://fruits/resumable/_staging/slices/"])
+            .to_string()
+            .matches(".json")
+            .count()
+    };
+    let run = || {
+        Verger::run_without_model("s3://fruits/images/", "s3://fruits/resumable/")
+            .args(["--cluster", &cluster.url(), "--partitions", SLICES])
+            .envs(&s3.env())
+    };
+    // The client dies once two slices are done; its job may go on running.
+    let mut client = run().spawn();
+    let started = Instant::now();
+    while markers() < 2 {
+        assert!(
+            !client.finished(),
+            "the run ended too soon: {}",
+            client.stderr()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no slice finished"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    client.kill();
+    // And an executor is lost while the resumed job runs.
+    let resumed = run().arg("--resume").spawn();
+    while !cluster.log("exec-a").contains("featurizing slice") {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.kill_executor("exec-a");
+    let o = resumed.wait();
+    if !o.status.success() {
+        panic!("resumed cluster run failed: {o:?}\n{}", cluster.all_logs());
+    }
+    let n = dataset_images().len();
+    o.assert_summary(n, n, 0);
+    let tmp = tempdir();
+    let run = download(&s3, "s3://fruits/resumable/", &tmp.path().join("out"));
+    assert!(
+        run.run_json["counts"]["resumed"].as_u64().unwrap() > 0,
+        "{}",
+        run.run_json
+    );
+    assert_same_as_embedded(&run, "s3://fruits/images/");
+    assert!(
+        !tmp.path().join("out/_staging").exists(),
+        "staging left behind"
+    );
+}

@@ -197,6 +197,11 @@ impl Spawned {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// Waits for it to exit on its own.
+    pub fn wait(mut self) -> RunOutput {
+        self.collect()
+    }
+
     /// SIGKILL (no chance to clean up, like a power loss) and reap.
     pub fn kill(mut self) -> RunOutput {
         let _ = self.child.kill();
