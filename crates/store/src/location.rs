@@ -69,6 +69,21 @@ fn retry_config() -> Result<RetryConfig, String> {
 /// Whether `err` is a transport failure (connection reset or timed out after
 /// the request was sent) that object_store does not retry for a request it
 /// does not know to be idempotent: its S3 delete is a bulk-delete POST.
+/// Whole-object reads tried this many times for transport failures.
+const READ_ATTEMPTS: u32 = 3;
+
+/// A failure of the connection rather than an answer from the store.
+fn transport_failure(err: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            return !matches!(http.kind(), HttpErrorKind::Decode);
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn interrupted(err: &object_store::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
@@ -304,16 +319,26 @@ impl Location {
     }
 
     pub async fn read(&self, key: &Path) -> Result<bytes::Bytes, StoreError> {
-        let target = || self.display_key(key);
-        let result = self
-            .store
-            .get(key)
-            .await
-            .map_err(|e| StoreError::access("read", target(), e))?;
-        result
-            .bytes()
-            .await
-            .map_err(|e| StoreError::access("read", target(), e))
+        let mut attempt = 1;
+        loop {
+            let outcome = match self.store.get(key).await {
+                Ok(result) => result.bytes().await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(bytes) => return Ok(bytes),
+                // What object_store's own retries leave: a body cut off
+                // mid-way, or a connection closed before any answer (hyper
+                // reports "canceled", which it does not retry). A GET is
+                // safe to repeat.
+                Err(e) if attempt < READ_ATTEMPTS && transport_failure(&e) => {
+                    tracing::debug!(key = %key, attempt, error = %e, "read failed, trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(StoreError::access("read", self.display_key(key), e)),
+            }
+        }
     }
 
     pub async fn write(
