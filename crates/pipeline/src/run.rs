@@ -473,7 +473,14 @@ fn session(config: &RunConfig, output: &Location) -> Result<SessionContext> {
         .execution
         .parquet
         .schema_force_view_types = false;
-    let ctx = SessionContext::new_with_config(session_config);
+    // Staged checkpoints are many small files, each read once or twice:
+    // DataFusion's footer and statistics caches (70 MiB by default) would
+    // only grow with their number.
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_metadata_cache_limit(4 << 20)
+        .with_file_statistics_cache_limit(2 << 20)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(session_config, runtime);
     // Local folders are read through DataFusion's own file:// store; an S3
     // output needs the client configured from the environment.
     if let StoreKind::S3 { .. } = output.kind() {
