@@ -224,18 +224,7 @@ pub(crate) async fn run_on_cluster(
     };
     let report = RunReport {
         counts,
-        parameters: Parameters {
-            input: input_root.to_string(),
-            output: output_root.to_string(),
-            glob: config.glob.clone(),
-            k: config.k,
-            center: config.center,
-            batch_size: config.batch_size,
-            partitions: config.partitions,
-            threads: config.threads,
-            max_pixels: config.max_pixels,
-            max_errors: config.max_errors,
-        },
+        parameters: Parameters::of(config, input_root, output_root),
         model,
         timings: Timings {
             model_load_s: 0.0,

@@ -34,6 +34,24 @@ pub struct Parameters {
     pub max_errors: Option<u64>,
 }
 
+impl Parameters {
+    /// The run's settings as `run.json` records them (roots as users see them).
+    pub(crate) fn of(config: &crate::RunConfig, input: &str, output: &str) -> Self {
+        Parameters {
+            input: input.to_string(),
+            output: output.to_string(),
+            glob: config.glob.clone(),
+            k: config.k,
+            center: config.center,
+            batch_size: config.batch_size,
+            partitions: config.partitions,
+            threads: config.threads,
+            max_pixels: config.max_pixels,
+            max_errors: config.max_errors,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub path: String,

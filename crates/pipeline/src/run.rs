@@ -311,18 +311,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     }
     let report = RunReport {
         counts,
-        parameters: Parameters {
-            input: input.display_root().to_string(),
-            output: output_location.display_root().to_string(),
-            glob: config.glob.clone(),
-            k: config.k,
-            center: config.center,
-            batch_size: config.batch_size,
-            partitions: config.partitions,
-            threads: config.threads,
-            max_pixels: config.max_pixels,
-            max_errors: config.max_errors,
-        },
+        parameters: Parameters::of(config, input.display_root(), output_location.display_root()),
         model: ModelInfo {
             path: model.file().path.display().to_string(),
             sha256: model.file().sha256.clone(),

@@ -4,7 +4,6 @@
 //! the model once, and losing an executor mid-job loses nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,20 +17,6 @@ use crate::support::{
 };
 
 const SLICES: &str = "8";
-
-/// Uploads the sample to `s3://fruits/images/`.
-fn s3_with_sample() -> SeaweedFs {
-    let s3 = SeaweedFs::start();
-    s3.tool(["mb", "fruits"]);
-    let sample = dataset_dir();
-    let args: [&OsStr; 3] = [
-        "upload".as_ref(),
-        sample.as_os_str(),
-        "s3://fruits/images/".as_ref(),
-    ];
-    s3.tool(args);
-    s3
-}
 
 fn download(s3: &SeaweedFs, prefix: &str, to: &Path) -> RunDir {
     s3.tool(["download".as_ref(), prefix.as_ref(), to.as_os_str()]);
@@ -154,7 +139,7 @@ fn model_loads_logged(log: &str) -> usize {
 
 #[test]
 fn cluster_run_equals_embedded_spreads_work_and_loads_the_model_once() {
-    let s3 = s3_with_sample();
+    let s3 = SeaweedFs::with_sample();
     let cluster = TestCluster::start(&["exec-a", "exec-b"], &s3.env(), 30);
     let o = Verger::run_without_model("s3://fruits/images/", "s3://fruits/cluster/")
         .args(["--cluster", &cluster.url(), "--partitions", SLICES])
@@ -204,7 +189,7 @@ fn cluster_run_equals_embedded_spreads_work_and_loads_the_model_once() {
 
 #[test]
 fn cluster_survives_an_executor_killed_mid_featurize() {
-    let s3 = s3_with_sample();
+    let s3 = SeaweedFs::with_sample();
     let mut cluster = TestCluster::start(&["exec-a", "exec-b"], &s3.env(), 6);
     let tmp = tempdir();
     let out = tmp.path().join("out");
@@ -364,7 +349,7 @@ fn cluster_records_bad_inputs_exactly_like_an_embedded_run() {
 
 #[test]
 fn a_killed_cluster_run_resumes_without_duplicating_slices() {
-    let s3 = s3_with_sample();
+    let s3 = SeaweedFs::with_sample();
     let mut cluster = TestCluster::start(&["exec-a", "exec-b"], &s3.env(), 6);
     let markers = || {
         s3.tool(["ls", "s3://fruits/resumable/_staging/slices/"])

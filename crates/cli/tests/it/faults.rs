@@ -7,7 +7,6 @@
 //! fault-injecting proxy in front of it (`support::fault_proxy`).
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use crate::sample::sample_run;
@@ -17,21 +16,6 @@ use crate::support::{
     RunDir, RunOutput, Verger, copy_sample_subset, dataset_dir, dataset_images, max_abs_diff,
     mentions_any, parent_name, tempdir,
 };
-
-/// A server holding the whole sample under `s3://fruits/images/`.
-fn server_with_sample() -> SeaweedFs {
-    let s3 = SeaweedFs::start();
-    s3.tool(["mb", "fruits"]);
-    let sample = dataset_dir();
-    let args: [&OsStr; 3] = [
-        "upload".as_ref(),
-        sample.as_os_str(),
-        "s3://fruits/images/".as_ref(),
-    ];
-    let up = s3.tool(args);
-    assert!(up["uploaded"].as_u64().unwrap() >= dataset_images().len() as u64);
-    s3
-}
 
 /// The server's environment with the endpoint moved to the proxy.
 fn env_through(s3: &SeaweedFs, proxy: &FaultProxy) -> Vec<(String, String)> {
@@ -96,7 +80,7 @@ fn assert_results_match_local_run(s3: &SeaweedFs, o: &RunOutput) {
 /// them and its result is the local run's.
 #[test]
 fn s3_run_completes_through_resets_and_slow_downs() {
-    let s3 = server_with_sample();
+    let s3 = SeaweedFs::with_sample();
     let proxy = FaultProxy::start(
         s3.s3_port,
         FaultPlan {
@@ -148,7 +132,7 @@ fn s3_run_completes_through_resets_and_slow_downs() {
 /// and completes with every image featurized, none in `errors/`.
 #[test]
 fn s3_run_survives_a_server_restart() {
-    let mut s3 = server_with_sample();
+    let mut s3 = SeaweedFs::with_sample();
     // A pass-through proxy: it only shows how far the run has got.
     let proxy = FaultProxy::start(s3.s3_port, FaultPlan::pass_through());
     let env = env_through(&s3, &proxy);

@@ -3,7 +3,6 @@
 //! rows, nothing missing, nothing twice.
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -123,15 +122,7 @@ fn a_killed_local_run_resumes_and_equals_an_uninterrupted_run() {
 
 #[test]
 fn a_killed_s3_run_resumes_and_equals_an_uninterrupted_run() {
-    let s3 = SeaweedFs::start();
-    s3.tool(["mb", "fruits"]);
-    let sample = dataset_dir();
-    let up: [&OsStr; 3] = [
-        "upload".as_ref(),
-        sample.as_os_str(),
-        "s3://fruits/images/".as_ref(),
-    ];
-    s3.tool(up);
+    let s3 = SeaweedFs::with_sample();
     let flags = ["--checkpoint-every", CHECKPOINT, "--partitions", "2"];
     let staged = || {
         s3.tool(["ls", "s3://fruits/resumed/_staging/features/"])

@@ -139,6 +139,21 @@ impl SeaweedFs {
         self.env_with_secret(&self.secret_key)
     }
 
+    /// A fresh server holding the whole shared sample under `s3://fruits/images/`.
+    pub fn with_sample() -> Self {
+        let s3 = Self::start();
+        s3.tool(["mb", "fruits"]);
+        let sample = super::dataset_dir();
+        let up = s3.tool([
+            "upload".as_ref(),
+            sample.as_os_str(),
+            std::ffi::OsStr::new("s3://fruits/images/"),
+        ]);
+        let images = super::dataset_images().len() as u64;
+        assert!(up["uploaded"].as_u64().unwrap() >= images, "upload: {up}");
+        s3
+    }
+
     /// Run `tests/python/s3_tool.py ARGS...` against this server.
     pub fn tool<I, S>(&self, args: I) -> Value
     where
