@@ -24,8 +24,13 @@ pub struct SampleRun {
 
 /// Runs once per test process, on first use; later users share the result.
 /// Kept under the target's tmp dir (not /tmp) for post-mortem inspection.
+/// One directory per test process (`sample_run-<pid>`), so that two test
+/// runs at once (a developer and a helper on one machine) never delete each
+/// other's fixture; directories of processes that are gone are removed.
 pub static SAMPLE_RUN: LazyLock<SampleRun> = LazyLock::new(|| {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sample_run");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    remove_fixtures_of_finished_processes(tmp);
+    let out = tmp.join(format!("sample_run-{}", std::process::id()));
     if out.exists() {
         std::fs::remove_dir_all(&out).unwrap();
     }
@@ -34,6 +39,21 @@ pub static SAMPLE_RUN: LazyLock<SampleRun> = LazyLock::new(|| {
     let run = RunDir::read(&out);
     SampleRun { out, output, run }
 });
+
+fn remove_fixtures_of_finished_processes(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("sample_run-")) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            std::fs::remove_dir_all(entry.path()).ok();
+        }
+    }
+}
 
 pub fn sample_run() -> &'static SampleRun {
     &SAMPLE_RUN
