@@ -1,0 +1,257 @@
+//! Scoring a classifier on held-out features: `evaluation.json`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Classifier, ClassifierError, FeatureTable, Knn};
+
+/// `format` of `evaluation.json`.
+pub const EVALUATION_FORMAT: &str = "verger-evaluation";
+pub const EVALUATION_VERSION: u32 = 1;
+
+/// The kNN baseline's score on the same images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnnBaseline {
+    pub k: usize,
+    pub top1: f64,
+    /// Reference images (the classifier's training split of the same output).
+    pub reference_images: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    pub label: String,
+    /// Of the images predicted as this label, the fraction that are (0 when none is).
+    pub precision: f64,
+    /// Of the images of this label, the fraction predicted as it.
+    pub recall: f64,
+    /// Images of this label evaluated.
+    pub support: u64,
+}
+
+/// `evaluation.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub format: String,
+    pub version: u32,
+    pub split: String,
+    /// Images scored (those whose label the classifier knows).
+    pub images: usize,
+    pub top1: f64,
+    pub top5: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knn_baseline: Option<KnnBaseline>,
+    /// The classifier's labels; `per_class` and both axes of `confusion` follow them.
+    pub labels: Vec<String>,
+    pub per_class: Vec<ClassMetrics>,
+    /// Rows: true label index; columns: predicted label index.
+    pub confusion: Vec<Vec<u64>>,
+    /// Images of the split left out because the classifier has no such label.
+    pub skipped_unknown_labels: BTreeMap<String, u64>,
+    /// The `verger run` output the images came from.
+    pub features: String,
+    pub feature_model_sha256: String,
+    pub evaluated_at: String,
+}
+
+/// Scores `classifier` on `test` (refused if made by another feature
+/// model); the kNN baseline uses `reference` (the training images), when given.
+pub fn evaluate(
+    classifier: &Classifier,
+    test: &FeatureTable,
+    split: &str,
+    reference: Option<(&FeatureTable, usize)>,
+) -> Result<Evaluation, ClassifierError> {
+    classifier.check_feature_model(&test.model_sha256)?;
+    if test.dim != classifier.feature_dim() && !test.is_empty() {
+        return Err(ClassifierError::Shape(format!(
+            "{} holds {}-d features, the classifier takes {}-d",
+            test.location,
+            test.dim,
+            classifier.feature_dim()
+        )));
+    }
+    let labels = classifier.labels();
+    let index: HashMap<&str, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), i))
+        .collect();
+    let mut skipped = BTreeMap::new();
+    let mut truth = Vec::new();
+    let mut rows = Vec::new();
+    for (i, label) in test.labels.iter().enumerate() {
+        match index.get(label.as_str()) {
+            Some(&t) => {
+                truth.push(t);
+                rows.extend_from_slice(test.row(i));
+            }
+            None => *skipped.entry(label.clone()).or_insert(0) += 1,
+        }
+    }
+    if truth.is_empty() {
+        return Err(ClassifierError::Features {
+            location: test.location.clone(),
+            reason: format!(
+                "no {split}/ images of the classifier's labels to evaluate \
+                 (paths must look like …/{split}/<label>/x.jpg)"
+            ),
+        });
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(
+            ?skipped,
+            "images of labels the classifier does not know are left out"
+        );
+    }
+    let ranked = classifier.top_k(&rows, 5)?;
+    let classes = labels.len();
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let mut top5_hits = 0usize;
+    for (&t, ranking) in truth.iter().zip(&ranked) {
+        confusion[t][ranking[0].0] += 1;
+        top5_hits += usize::from(ranking.iter().any(|&(c, _)| c == t));
+    }
+    let n = truth.len();
+    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    let per_class = (0..classes)
+        .map(|c| {
+            let support: u64 = confusion[c].iter().sum();
+            let predicted: u64 = confusion.iter().map(|row| row[c]).sum();
+            let hit = confusion[c][c] as f64;
+            ClassMetrics {
+                label: labels[c].clone(),
+                precision: if predicted > 0 {
+                    hit / predicted as f64
+                } else {
+                    0.0
+                },
+                recall: if support > 0 {
+                    hit / support as f64
+                } else {
+                    0.0
+                },
+                support,
+            }
+        })
+        .collect();
+    let knn_baseline = reference.and_then(|(reference, k)| {
+        let (features, reference_labels): (Vec<f32>, Vec<usize>) = {
+            let mut features = Vec::new();
+            let mut ids = Vec::new();
+            for (i, label) in reference.labels.iter().enumerate() {
+                if let Some(&id) = index.get(label.as_str()) {
+                    features.extend_from_slice(reference.row(i));
+                    ids.push(id);
+                }
+            }
+            (features, ids)
+        };
+        if reference_labels.is_empty() || reference.dim != classifier.feature_dim() {
+            tracing::warn!("no reference images for the kNN baseline");
+            return None;
+        }
+        let knn = Knn::new(k, reference.dim, classes, &features, &reference_labels);
+        let hits = rows
+            .chunks_exact(classifier.feature_dim())
+            .zip(&truth)
+            .filter(|(row, t)| knn.predict(row) == Some(**t))
+            .count();
+        Some(KnnBaseline {
+            k: knn.k(),
+            top1: hits as f64 / n as f64,
+            reference_images: reference_labels.len(),
+        })
+    });
+    Ok(Evaluation {
+        format: EVALUATION_FORMAT.into(),
+        version: EVALUATION_VERSION,
+        split: split.to_string(),
+        images: n,
+        top1: correct as f64 / n as f64,
+        top5: top5_hits as f64 / n as f64,
+        knn_baseline,
+        labels: labels.to_vec(),
+        per_class,
+        confusion,
+        skipped_unknown_labels: skipped,
+        features: test.location.clone(),
+        feature_model_sha256: test.model_sha256.clone(),
+        evaluated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+impl Evaluation {
+    /// A table for people: headline figures, per-class precision/recall,
+    /// and the most frequent confusions.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let width = self
+            .labels
+            .iter()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "{} images of {}/, {} labels",
+            self.images,
+            self.split,
+            self.labels.len()
+        );
+        let _ = writeln!(out, "  top-1 accuracy  {:.4}", self.top1);
+        let _ = writeln!(out, "  top-5 accuracy  {:.4}", self.top5);
+        if let Some(knn) = &self.knn_baseline {
+            let _ = writeln!(
+                out,
+                "  kNN baseline    {:.4}  (cosine, k = {}, {} reference images)",
+                knn.top1, knn.k, knn.reference_images
+            );
+        }
+        for (label, count) in &self.skipped_unknown_labels {
+            let _ = writeln!(
+                out,
+                "  left out: {count} image(s) of {label:?}, a label the classifier does not know"
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>9}  {:>6}  {:>7}",
+            "label", "precision", "recall", "support"
+        );
+        for c in &self.per_class {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:>9.3}  {:>6.3}  {:>7}",
+                c.label, c.precision, c.recall, c.support
+            );
+        }
+        let mut mistakes: Vec<(u64, usize, usize)> = Vec::new();
+        for (t, row) in self.confusion.iter().enumerate() {
+            for (p, &count) in row.iter().enumerate() {
+                if t != p && count > 0 {
+                    mistakes.push((count, t, p));
+                }
+            }
+        }
+        mistakes.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let _ = writeln!(out);
+        if mistakes.is_empty() {
+            let _ = writeln!(out, "  no confusions");
+        } else {
+            let _ = writeln!(out, "  most frequent confusions (true → predicted):");
+            for (count, t, p) in mistakes.iter().take(10) {
+                let _ = writeln!(
+                    out,
+                    "    {count:>3} × {} → {}",
+                    self.labels[*t], self.labels[*p]
+                );
+            }
+        }
+        out
+    }
+}

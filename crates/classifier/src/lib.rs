@@ -1,0 +1,95 @@
+//! The fruit classifier: which label a 1280-d MobileNetV2 feature vector
+//! belongs to.
+//!
+//! This crate owns three things:
+//!
+//! - **the classifier**: a multinomial logistic regression (softmax over
+//!   one linear score per label) on standardised features, trained by
+//!   [`train`] and applied by [`Classifier::probabilities`] /
+//!   [`Classifier::top_k`]; a cosine k-nearest-neighbour [`Knn`] is the
+//!   baseline it is measured against;
+//! - **its saved form**, `classifier.json` (below), and the rule that a
+//!   classifier only runs on features made by the feature model it was
+//!   trained on ([`Classifier::check_feature_model`]);
+//! - **its evaluation** ([`evaluate()`]): top-1/top-5 accuracy, per-class
+//!   precision and recall, the confusion matrix, as `evaluation.json`.
+//!
+//! It reads a `verger run` output (`features/*.parquet` and `run.json`,
+//! locally or on S3) through `verger-store` and plain Parquet
+//! ([`read_features`]). It must not know DataFusion, Ballista or HTTP: the
+//! pipeline makes the features, the service (`verger serve`) calls
+//! [`Classifier`], and both stay outside.
+//!
+//! # `classifier.json`, format `verger-classifier` version 1
+//!
+//! ```json
+//! {
+//!   "format": "verger-classifier",
+//!   "version": 1,
+//!   "labels": ["Apple Braeburn", "..."],
+//!   "feature_model_sha256": "61a28d70…",
+//!   "feature_dim": 1280,
+//!   "standardize": {"mean": [1280 floats], "std": [1280 floats]},
+//!   "weights": [[1280 floats], "... one row per label"],
+//!   "bias": [one float per label],
+//!   "training": {"images": 1440, "split": "Training", "regularisation": 0.001, "iterations": 200, "trained_at": "…", "…": "…"}
+//! }
+//! ```
+//!
+//! For a feature row `x`, `z = (x − mean) / std` (element-wise; `std` is 1
+//! where a dimension was constant in training), the score of label `i` is
+//! `weights[i] · z + bias[i]`, and the probabilities are the softmax of the
+//! scores. `labels` are sorted, and index the rows of `weights`, `bias` and
+//! every output. Loading refuses another `format`, another `version`, and
+//! shapes that do not agree with `labels` and `feature_dim`.
+
+mod evaluate;
+mod features;
+mod knn;
+mod model;
+mod train;
+
+use std::path::PathBuf;
+
+pub use evaluate::{ClassMetrics, Evaluation, KnnBaseline, evaluate};
+pub use features::{FeatureTable, in_split, read_features};
+pub use knn::Knn;
+pub use model::{Classifier, FORMAT, MODEL_FILE, Standardize, TrainingInfo, VERSION};
+pub use train::{TrainConfig, train};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierError {
+    #[error("cannot read {file}: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("cannot write {file}: {reason}")]
+    Write { file: PathBuf, reason: String },
+    #[error("{file} is not a usable classifier: {reason}")]
+    Invalid { file: PathBuf, reason: String },
+    #[error(
+        "the features were made by feature model sha256 {found}…, but this classifier was \
+         trained on features of {expected}…; train a classifier on features from this model \
+         (verger train) or use features made by the classifier's model"
+    )]
+    FeatureModelMismatch {
+        /// First 12 hex digits of the classifier's feature model.
+        expected: String,
+        /// First 12 hex digits of the model that made the features.
+        found: String,
+    },
+    #[error("features have the wrong shape: {0}")]
+    Shape(String),
+    #[error("cannot train: {0}")]
+    Training(String),
+    #[error("cannot read the features of {location}: {reason}")]
+    Features { location: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] verger_store::StoreError),
+}
+
+/// The first 12 hex digits of a sha256, as messages show it.
+pub fn sha_prefix(sha256: &str) -> String {
+    sha256.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests;
