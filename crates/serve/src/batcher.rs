@@ -1,0 +1,125 @@
+//! Micro-batching: requests that arrive together share one inference call.
+//!
+//! Handlers put a decoded tensor on a bounded queue with a oneshot for the
+//! answer. One batcher task takes the first waiting image, then keeps taking
+//! more until the batch is full or `delay` has passed since that first one,
+//! and runs the model and the classifier on the whole batch in a blocking
+//! thread. While a batch is in the model, new requests queue up, so under
+//! load batches fill without waiting and throughput grows with concurrency;
+//! a lone request waits at most `delay`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::{Classify, Featurize};
+
+/// The classes of one image, best first: (label index, probability).
+pub type Ranking = Vec<(usize, f32)>;
+
+pub struct Job {
+    pub tensor: Vec<f32>,
+    pub reply: oneshot::Sender<Result<Ranking, String>>,
+    pub queued: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most images per inference call.
+    pub max_batch: usize,
+    /// Longest wait for company after the first image of a batch arrived.
+    pub delay: Duration,
+    /// Classes kept per image.
+    pub top_k: usize,
+}
+
+/// Runs until every sender of `queue` is dropped.
+pub async fn run(
+    mut queue: mpsc::Receiver<Job>,
+    model: Arc<dyn Featurize>,
+    classifier: Arc<dyn Classify>,
+    config: BatchConfig,
+    metrics: Arc<Metrics>,
+) {
+    let max_batch = config.max_batch.max(1);
+    while let Some(first) = queue.recv().await {
+        let deadline = tokio::time::Instant::now() + config.delay;
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            // Already waiting: take it at once, without a timer.
+            match queue.try_recv() {
+                Ok(job) => {
+                    jobs.push(job);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        metrics.queue_depth.sub(jobs.len() as i64);
+        // A client that gave up (timeout, closed connection) costs no inference.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        for job in &jobs {
+            metrics
+                .queue_wait_seconds
+                .observe(started.duration_since(job.queued).as_secs_f64());
+        }
+        let n = jobs.len();
+        let model = Arc::clone(&model);
+        let classifier = Arc::clone(&classifier);
+        let (tensors, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.tensor, j.reply)).unzip();
+        let outcome = tokio::task::spawn_blocking(move || {
+            infer(model.as_ref(), classifier.as_ref(), &tensors, config.top_k)
+        })
+        .await
+        .unwrap_or_else(|panic| Err(format!("inference panicked: {panic}")));
+        metrics.batch_size.observe(n as f64);
+        metrics
+            .inference_seconds
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(batch = n, elapsed_ms = started.elapsed().as_millis() as u64, "batch");
+        match outcome {
+            Ok(rankings) => {
+                for (reply, ranking) in replies.into_iter().zip(rankings) {
+                    let _ = reply.send(Ok(ranking));
+                }
+            }
+            Err(reason) => {
+                tracing::error!(batch = n, %reason, "inference failed");
+                for reply in replies {
+                    let _ = reply.send(Err(reason.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn infer(
+    model: &dyn Featurize,
+    classifier: &dyn Classify,
+    tensors: &[Vec<f32>],
+    top_k: usize,
+) -> Result<Vec<Ranking>, String> {
+    let input: Vec<f32> = tensors.concat();
+    let features = model.features(&input, tensors.len())?;
+    let rankings = classifier.top_k(&features, top_k)?;
+    if rankings.len() != tensors.len() {
+        return Err(format!(
+            "classifier returned {} rankings for {} images",
+            rankings.len(),
+            tensors.len()
+        ));
+    }
+    Ok(rankings)
+}

@@ -1,0 +1,266 @@
+//! `verger serve`: the HTTP service behind the app. A photo comes in, the
+//! fruit's name, the classifier's confidence, its top 5 and an information
+//! card go out.
+//!
+//! This crate owns the service: loading the feature model and the classifier
+//! once (and refusing a classifier trained on another feature model), the
+//! HTTP routes (`POST /v1/identify`, the web page at `/`, `/healthz`,
+//! `/metrics`), the limits that keep one bad request from hurting the others
+//! (body size, pixel count, timeouts, a bounded queue), micro-batching of
+//! concurrent requests into one inference call, the fruit-information table,
+//! and the load-test client (`verger bench-serve`).
+//!
+//! It must not touch DataFusion, Ballista or storage, and never trains: the
+//! classifier comes ready-made from `verger train` (`verger-classifier`), the
+//! pixels are `verger-image`'s and the network `verger-model`'s.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = verger_serve::ServeConfig::new("model/".into());
+//! let service = verger_serve::Service::load(&config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! service.serve(listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod app;
+mod batcher;
+pub mod fruit_info;
+pub mod loadtest;
+mod metrics;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+pub use batcher::{BatchConfig, Ranking};
+pub use verger_model::{EngineChoice, EngineConfig};
+
+/// Images → feature vectors (the MobileNetV2 model, or a stand-in in tests).
+pub trait Featurize: Send + Sync {
+    /// `batch` tensors laid back to back → `batch × dim` features.
+    fn features(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, String>;
+}
+
+impl Featurize for verger_model::SharedModel {
+    fn features(&self, input: &[f32], batch: usize) -> Result<Vec<f32>, String> {
+        verger_model::SharedModel::features(self, input, batch).map_err(|e| e.to_string())
+    }
+}
+
+/// Feature vectors → ranked labels (the trained classifier, or a stand-in).
+pub trait Classify: Send + Sync {
+    fn labels(&self) -> &[String];
+    /// For each of the `n` feature rows, its `k` most probable labels.
+    fn top_k(&self, features: &[f32], k: usize) -> Result<Vec<Ranking>, String>;
+}
+
+impl Classify for verger_classifier::Classifier {
+    fn labels(&self) -> &[String] {
+        verger_classifier::Classifier::labels(self)
+    }
+    fn top_k(&self, features: &[f32], k: usize) -> Result<Vec<Ranking>, String> {
+        verger_classifier::Classifier::top_k(self, features, k).map_err(|e| e.to_string())
+    }
+}
+
+/// Everything `verger serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Folder holding `classifier.json` (from `verger train`).
+    pub classifier_dir: PathBuf,
+    /// The ONNX feature model; `None` = the shared model found beside the project.
+    pub model: Option<PathBuf>,
+    pub engine: EngineConfig,
+    pub limits: Limits,
+    pub batch: BatchConfig,
+}
+
+impl ServeConfig {
+    /// The defaults of `verger serve --classifier DIR`.
+    pub fn new(classifier_dir: PathBuf) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let batch = BatchConfig {
+            max_batch: 32,
+            delay: Duration::from_millis(5),
+            top_k: 5,
+        };
+        ServeConfig {
+            classifier_dir,
+            model: None,
+            engine: EngineConfig {
+                choice: EngineChoice::Auto,
+                threads: cores,
+                ort_library: None,
+                batch_size: batch.max_batch,
+            },
+            limits: Limits::default(),
+            batch,
+        }
+    }
+}
+
+/// What keeps one request from hurting the others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, bytes (413 above).
+    pub max_body: usize,
+    /// Largest image, pixels, checked from the header before decoding.
+    pub max_pixels: u64,
+    /// Longest time to receive a body (408 after).
+    pub read_timeout: Duration,
+    /// Longest wait for a decoded image's answer from the model (503 after).
+    pub inference_timeout: Duration,
+    /// Images waiting for the model at most; more are refused with 503.
+    pub queue_capacity: usize,
+    /// Images decoded at once (each in a blocking thread).
+    pub decoders: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Limits {
+            max_body: 10 * 1024 * 1024,
+            max_pixels: 64_000_000,
+            read_timeout: Duration::from_secs(30),
+            inference_timeout: Duration::from_secs(30),
+            queue_capacity: 256,
+            decoders: cores,
+        }
+    }
+}
+
+/// What `/healthz` says about the loaded models.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub engine: String,
+    pub model_sha256: String,
+    pub labels: usize,
+}
+
+/// A loaded service, ready to listen.
+pub struct Service {
+    model: Arc<dyn Featurize>,
+    classifier: Arc<dyn Classify>,
+    info: ModelInfo,
+    limits: Limits,
+    batch: BatchConfig,
+}
+
+impl Service {
+    /// Loads the classifier, checks that it was trained on this feature
+    /// model (by sha256, before the model is loaded), then loads the model
+    /// once for the life of the service.
+    pub fn load(config: &ServeConfig) -> anyhow::Result<Service> {
+        let classifier = verger_classifier::Classifier::load(&config.classifier_dir)
+            .with_context(|| {
+                format!(
+                    "cannot load the classifier from {} (make one with `verger train`)",
+                    config.classifier_dir.display()
+                )
+            })?;
+        let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
+        let file = verger_model::ModelFile::open(&model_path)?;
+        check_same_feature_model(
+            &config.classifier_dir,
+            classifier.feature_model_sha256(),
+            &model_path,
+            &file.sha256,
+        )?;
+        let model = verger_model::SharedModel::load(&model_path, &config.engine)?;
+        let info = ModelInfo {
+            engine: model.engine_name().to_string(),
+            model_sha256: file.sha256,
+            labels: classifier.labels().len(),
+        };
+        Ok(Service::from_parts(
+            model,
+            Arc::new(classifier),
+            info,
+            config.limits.clone(),
+            config.batch,
+        ))
+    }
+
+    /// A service over any model and classifier (tests use stand-ins).
+    pub fn from_parts(
+        model: Arc<dyn Featurize>,
+        classifier: Arc<dyn Classify>,
+        info: ModelInfo,
+        limits: Limits,
+        batch: BatchConfig,
+    ) -> Service {
+        Service {
+            model,
+            classifier,
+            info,
+            limits,
+            batch,
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then finishes the
+    /// requests in flight.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr().context("listener address")?;
+        let router = app::router(self);
+        tracing::info!(url = %format!("http://{addr}"), "verger serve listening");
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .with_context(|| format!("serving on {addr}"))
+    }
+}
+
+/// The classifier's weights only mean something for the features of the
+/// model it was trained on.
+fn check_same_feature_model(
+    classifier_dir: &Path,
+    trained_on: &str,
+    model_path: &Path,
+    model_sha256: &str,
+) -> anyhow::Result<()> {
+    if trained_on.eq_ignore_ascii_case(model_sha256) {
+        return Ok(());
+    }
+    let prefix = |s: &str| s.chars().take(12).collect::<String>();
+    anyhow::bail!(
+        "the classifier in {} was trained on features of the model with sha256 {}…, \
+         but the feature model {} has sha256 {}…; serve it with the model it was trained on \
+         (--model), or train a new one with `verger train` on features from this model",
+        classifier_dir.display(),
+        prefix(trained_on),
+        model_path.display(),
+        prefix(model_sha256),
+    )
+}
+
+/// Completes on Ctrl-C or SIGTERM (how systemd and container runtimes stop a service).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
+}
