@@ -45,6 +45,12 @@ enum Command {
     /// Run a Ballista executor with verger's functions; it loads the model once and
     /// reads/writes S3 with its own AWS environment (instance role, env vars).
     Executor(ExecutorArgs),
+    /// Serve the photo → fruit service: POST /v1/identify, a web page at /, /healthz, /metrics.
+    #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Load-test a running `verger serve`: latency percentiles, throughput, errors.
+    #[command(long_about = BENCH_SERVE_ABOUT, after_help = BENCH_SERVE_EXAMPLES)]
+    BenchServe(BenchServeArgs),
 }
 
 #[derive(Args)]
@@ -248,7 +254,7 @@ fn main() -> std::process::ExitCode {
     let filter = std::env::var("VERGER_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| {
-            "warn,verger=info,verger_pipeline=info,verger_model=info,verger_cluster=info".into()
+            "warn,verger=info,verger_pipeline=info,verger_model=info,verger_cluster=info,verger_serve=info".into()
         });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -260,6 +266,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => run_bench(args),
         Command::Scheduler(args) => run_scheduler(args),
         Command::Executor(args) => run_executor(args),
+        Command::Serve(args) => run_serve(args),
+        Command::BenchServe(args) => run_bench_serve(args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -394,6 +402,171 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     println!("{}", table(&rows));
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+const SERVE_ABOUT: &str = "Serve the photo → fruit service behind the app.\n\n\
+The feature model and the classifier (from `verger train`) are loaded once; a classifier trained \
+on another feature model is refused (their sha256 must match).\n\n\
+Endpoints:\n  \
+POST /v1/identify  the photo (JPEG or PNG) as the body, or as the multipart/form-data field \
+\"image\" → {label, confidence, top5: [{label, confidence}], info: {common_name, \
+botanical_name, family, energy_kcal_per_100g, ...} | null}\n  \
+GET  /             a web page: choose or drop a photo, see the answer (works on a phone)\n  \
+GET  /healthz      {status, engine, model_sha256, labels}\n  \
+GET  /metrics      Prometheus text: requests by route and status, latency, errors by kind, \
+batch sizes\n\n\
+Limits: an upload over --max-body gets 413; not a JPEG/PNG 415; a corrupt image 400; an image \
+over --max-pixels 413 before any pixel is decoded; a full queue 503. Requests arriving within \
+--batch-delay-ms of each other share one inference call of up to --max-batch images.";
+
+const SERVE_EXAMPLES: &str = "Examples:\n  \
+verger train --features out/sample --out model/\n  \
+verger serve --classifier model/ --bind 127.0.0.1:8080\n  \
+curl --data-binary @banana.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8080/v1/identify\n  \
+curl -F image=@banana.jpg http://127.0.0.1:8080/v1/identify\n  \
+verger serve --classifier model/ --bind 0.0.0.0:8080 --max-body 20MiB --max-batch 16";
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Folder holding classifier.json, made by `verger train`
+    #[arg(long, value_name = "DIR")]
+    classifier: PathBuf,
+    /// Address and port to listen on (0.0.0.0 = every interface; port 0 = any free port,
+    /// printed in the log)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+    /// Largest upload accepted (413 above): bytes, or with KiB, MiB, KB, MB
+    #[arg(long, default_value = "10MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_body: usize,
+    /// Most images per inference call: requests arriving together are batched up to this
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// Milliseconds the first image of a batch waits for others before the batch runs
+    #[arg(long, default_value_t = 5, value_name = "MS")]
+    batch_delay_ms: u64,
+    /// Refuse images larger than this many pixels (checked from the header: decompression bombs)
+    #[arg(long, default_value_t = 64_000_000)]
+    max_pixels: u64,
+    /// Images waiting for the model at most; more get 503 at once instead of waiting
+    #[arg(long, default_value_t = 256, value_name = "IMAGES")]
+    queue: usize,
+    /// Seconds allowed to receive an upload (408 after) and to wait for the model (503 after)
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
+    /// The ONNX model [default: the shared MobileNetV2, found as shared/models/… beside the project]
+    #[arg(long, env = "VERGER_MODEL")]
+    model: Option<PathBuf>,
+    /// Inference engine: ort (ONNX Runtime, fastest), tract (pure Rust), auto (ort if its library is found)
+    #[arg(long, default_value = "auto")]
+    engine: EngineArg,
+    /// ONNX Runtime shared library (libonnxruntime.so from the onnxruntime wheel)
+    #[arg(long = "ort-lib", env = "ORT_DYLIB_PATH")]
+    ort_library: Option<PathBuf>,
+    /// Threads per inference call [default: all cores]
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+const BENCH_SERVE_ABOUT: &str = "Load-test a running `verger serve` (start it first).\n\n\
+For each --concurrency level, that many client threads send the photos under --images \
+(round robin) to POST /v1/identify, each waiting for its answer before sending the next, \
+until --requests answers have come back. Reported per level: p50/p90/p99/max latency, \
+throughput, errors, answers naming the photo's folder, and the mean inference batch (from \
+/metrics). Send it only to a server of yours: the loopback address or a test host.";
+
+const BENCH_SERVE_EXAMPLES: &str = "Examples:\n  \
+verger serve --classifier model/ &\n  \
+verger bench-serve --url http://127.0.0.1:8080 --requests 2000 --concurrency 1,16";
+
+#[derive(Args)]
+struct BenchServeArgs {
+    /// The service's base URL
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Timed requests per concurrency level (after a short untimed warm-up)
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Concurrency levels, comma-separated (1,16 shows what batching gains)
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    concurrency: Vec<usize>,
+    /// Folder of photos (searched recursively; the parent folder is the expected label)
+    #[arg(long, default_value = "../shared/datasets/fruits360-sample/Test")]
+    images: PathBuf,
+    /// Seconds before one request counts as failed
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
+    /// Also write the results as JSON here
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `10MiB`, `512KiB`, `2MB`, `1000000`.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 10MiB, 512KiB, 1000000)"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, KB or MB)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = verger_serve::ServeConfig::new(args.classifier);
+    config.model = args.model;
+    config.engine.choice = args.engine.into();
+    config.engine.ort_library = args.ort_library;
+    if let Some(threads) = args.threads {
+        config.engine.threads = threads.max(1);
+    }
+    config.batch.max_batch = args.max_batch.max(1);
+    config.batch.delay = std::time::Duration::from_millis(args.batch_delay_ms);
+    config.engine.batch_size = config.batch.max_batch;
+    config.limits.max_body = args.max_body;
+    config.limits.max_pixels = args.max_pixels;
+    config.limits.queue_capacity = args.queue.max(1);
+    config.limits.read_timeout = std::time::Duration::from_secs(args.timeout.max(1));
+    config.limits.inference_timeout = config.limits.read_timeout;
+    let service = verger_serve::Service::load(&config)?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.bind))?;
+        service
+            .serve(listener, verger_serve::shutdown_signal())
+            .await
+    })
+}
+
+fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
+    let config = verger_serve::loadtest::LoadTestConfig {
+        url: args.url,
+        requests: args.requests.max(1),
+        concurrency: args.concurrency,
+        images: args.images,
+        timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+    };
+    let reports = verger_serve::loadtest::run(&config)?;
+    println!("{}", verger_serve::loadtest::table(&reports));
+    for report in &reports {
+        for error in &report.first_errors {
+            eprintln!("concurrency {}: {error}", report.concurrency);
+        }
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)?;
     }
     Ok(())
 }

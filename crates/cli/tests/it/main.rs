@@ -17,3 +17,4 @@ mod reference;
 mod resume;
 mod s3;
 mod sample;
+mod serve;
