@@ -184,6 +184,23 @@ pub fn evaluate(
 }
 
 impl Evaluation {
+    /// The text of `evaluation.json`.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("an evaluation always serialises")
+    }
+
+    /// Writes `evaluation.json` to `file` (creating its folder).
+    pub fn save(&self, file: &std::path::Path) -> Result<(), ClassifierError> {
+        let failed = |e: std::io::Error| ClassifierError::Write {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(failed)?;
+        }
+        std::fs::write(file, self.to_json()).map_err(failed)
+    }
+
     /// A table for people: headline figures, per-class precision/recall,
     /// and the most frequent confusions.
     pub fn summary(&self) -> String {

@@ -72,6 +72,26 @@ pub fn in_split(path: &str, split: &str) -> bool {
     parts.contains(&split)
 }
 
+/// The sha256 of the feature model that made a complete `verger run`
+/// output (`run.json`'s `model.sha256`); refuses an output without `_SUCCESS`.
+pub async fn feature_model_sha256(location: &Location) -> Result<String, ClassifierError> {
+    let failed = |reason: String| ClassifierError::Features {
+        location: location.display_root().to_string(),
+        reason,
+    };
+    if !location.exists(SUCCESS_FILE).await? {
+        return Err(failed(format!(
+            "no {SUCCESS_FILE}: it is not the output of a finished `verger run` \
+             (interrupted, still running, or not a verger output)"
+        )));
+    }
+    let run_json = location.read(&location.key(RUN_FILE)).await?;
+    serde_json::from_slice::<serde_json::Value>(&run_json)
+        .ok()
+        .and_then(|run| run["model"]["sha256"].as_str().map(str::to_string))
+        .ok_or_else(|| failed(format!("{RUN_FILE} has no model.sha256")))
+}
+
 /// Reads `features/*.parquet` (path, label, features) and the feature
 /// model's sha256 from `run.json` of a complete `verger run` output,
 /// keeping the rows whose path `keep` accepts.
@@ -84,17 +104,7 @@ pub async fn read_features(
         location: root.clone(),
         reason,
     };
-    if !location.exists(SUCCESS_FILE).await? {
-        return Err(failed(format!(
-            "no {SUCCESS_FILE}: it is not the output of a finished `verger run` \
-             (interrupted, still running, or not a verger output)"
-        )));
-    }
-    let run_json = location.read(&location.key(RUN_FILE)).await?;
-    let model_sha256 = serde_json::from_slice::<serde_json::Value>(&run_json)
-        .ok()
-        .and_then(|run| run["model"]["sha256"].as_str().map(str::to_string))
-        .ok_or_else(|| failed(format!("{RUN_FILE} has no model.sha256")))?;
+    let model_sha256 = feature_model_sha256(location).await?;
 
     let mut keys = location.list_keys(FEATURES_DIR).await?;
     keys.retain(|k| k.as_ref().ends_with(".parquet"));

@@ -51,8 +51,10 @@ mod train;
 
 use std::path::PathBuf;
 
-pub use evaluate::{ClassMetrics, Evaluation, KnnBaseline, evaluate};
-pub use features::{FeatureTable, in_split, read_features};
+pub use evaluate::{
+    ClassMetrics, EVALUATION_FORMAT, EVALUATION_VERSION, Evaluation, KnnBaseline, evaluate,
+};
+pub use features::{FeatureTable, feature_model_sha256, in_split, read_features};
 pub use knn::Knn;
 pub use model::{Classifier, FORMAT, MODEL_FILE, Standardize, TrainingInfo, VERSION};
 pub use train::{TrainConfig, train};
@@ -84,6 +86,41 @@ pub enum ClassifierError {
     Features { location: String, reason: String },
     #[error(transparent)]
     Store(#[from] verger_store::StoreError),
+}
+
+/// Reads the `config.split` images of the `verger run` output at `features`
+/// and trains on them.
+pub async fn train_on_output(
+    features: &verger_store::Location,
+    config: &TrainConfig,
+) -> Result<Classifier, ClassifierError> {
+    let split = config.split.as_str();
+    let table = read_features(features, &|path| in_split(path, split)).await?;
+    tracing::info!(images = table.len(), split, "training images read");
+    train(&table, config)
+}
+
+/// Scores `classifier` on the `test_split` images of the `verger run`
+/// output at `features`, after checking that its feature model is the
+/// classifier's; the kNN baseline (`knn_k` neighbours) takes the
+/// classifier's training split of the same output as reference.
+pub async fn evaluate_on_output(
+    classifier: &Classifier,
+    features: &verger_store::Location,
+    test_split: &str,
+    knn_k: usize,
+) -> Result<Evaluation, ClassifierError> {
+    classifier.check_feature_model(&feature_model_sha256(features).await?)?;
+    let train_split = classifier.training().split.clone();
+    let table = read_features(features, &|path| {
+        in_split(path, test_split) || in_split(path, &train_split)
+    })
+    .await?;
+    let test = table.split(test_split);
+    let reference = table.split(&train_split);
+    let reference =
+        (!reference.is_empty() && train_split != test_split).then_some((&reference, knn_k));
+    evaluate(classifier, &test, test_split, reference)
 }
 
 /// The first 12 hex digits of a sha256, as messages show it.

@@ -1,12 +1,19 @@
-//! Fitting the classifier: standardisation, then `linfa-logistic`'s
-//! multinomial logistic regression (L-BFGS, L2 penalty).
+//! Fitting the classifier: standardisation, then a multinomial logistic
+//! regression (softmax over one linear score per label) minimised by
+//! full-batch L-BFGS with a backtracking line search, in f64.
+//!
+//! Why not `linfa-logistic`: its `MultiLogisticRegression` (tried first,
+//! 0.8.1) stopped after its first iteration for some penalties (λ = 1e-3
+//! and 0.1 on the sample: training accuracy 0.93, the same model a single
+//! gradient step gives) and reports neither how many iterations it ran
+//! nor why it stopped. Here the objective is ~40 lines, every iteration
+//! is logged, and the result says whether it converged. Matrix products
+//! go through `ndarray` (matrixmultiply).
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use linfa::Dataset;
-use linfa::traits::Fit;
-use linfa_logistic::MultiLogisticRegression;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Axis};
 
 use crate::{Classifier, ClassifierError, FeatureTable, Standardize, TrainingInfo};
 
@@ -29,7 +36,7 @@ impl Default for TrainConfig {
         TrainConfig {
             split: "Training".into(),
             regularisation: 1e-3,
-            max_iterations: 200,
+            max_iterations: 300,
             knn_k: 5,
         }
     }
@@ -38,6 +45,10 @@ impl Default for TrainConfig {
 /// A dimension whose spread over the training images is below this is
 /// treated as constant (std stored as 1, so it contributes nothing).
 const MIN_STD: f64 = 1e-6;
+/// Converged when the largest gradient component is below this.
+const GRADIENT_TOLERANCE: f64 = 1e-5;
+/// L-BFGS memory (pairs of steps and gradient changes kept).
+const MEMORY: usize = 10;
 
 /// Trains on every row of `table` (already restricted to the training
 /// split), labels sorted.
@@ -66,7 +77,7 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
             config.regularisation
         )));
     }
-    let (n, dim) = (table.len(), table.dim);
+    let (n, dim, classes) = (table.len(), table.dim, labels.len());
     let standardize = standardization(table);
     let mut z = Array2::<f64>::zeros((n, dim));
     for (i, mut out) in z.rows_mut().into_iter().enumerate() {
@@ -75,57 +86,63 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
                 (f64::from(*x) - f64::from(standardize.mean[j])) / f64::from(standardize.std[j]);
         }
     }
-    let targets: Array1<usize> = table
+    let targets: Vec<usize> = table
         .labels
         .iter()
         .map(|l| labels.binary_search(l).expect("label listed"))
         .collect();
     tracing::info!(
         images = n,
-        labels = labels.len(),
+        labels = classes,
         dim,
         "training multinomial logistic regression"
     );
-    // linfa's objective is a sum over images + alpha/2 · ‖W‖²: alpha = n·λ
-    // is the same minimiser as the mean with λ.
-    let fitted = MultiLogisticRegression::default()
-        .alpha(config.regularisation * n as f64)
-        .max_iterations(config.max_iterations)
-        .gradient_tolerance(1e-4)
-        .fit(&Dataset::new(z, targets))
-        .map_err(|e| ClassifierError::Training(format!("the optimiser failed: {e}")))?;
-    // params: dim × classes, in the order of `classes()` (the sorted indices).
-    let classes = fitted.classes().to_vec();
-    if classes != (0..labels.len()).collect::<Vec<_>>() {
-        return Err(ClassifierError::Training(format!(
-            "the optimiser returned classes {classes:?} for {} labels",
-            labels.len()
-        )));
-    }
-    let params = fitted.params();
-    let weights: Vec<Vec<f32>> = (0..labels.len())
-        .map(|c| params.column(c).iter().map(|&w| w as f32).collect())
+    let objective = Objective {
+        z,
+        targets,
+        classes,
+        lambda: config.regularisation,
+    };
+    let fit = lbfgs(&objective, config.max_iterations as usize);
+    let (weights, bias) = objective.unpack(&fit.theta);
+    let weights: Vec<Vec<f32>> = weights
+        .rows()
+        .into_iter()
+        .map(|row| row.iter().map(|&w| w as f32).collect())
         .collect();
-    let bias: Vec<f32> = fitted.intercept().iter().map(|&b| b as f32).collect();
+    let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+    let optimiser = format!(
+        "L-BFGS (memory {MEMORY}, backtracking line search): {} after {} iterations, \
+         largest gradient component {:.2e}",
+        if fit.converged {
+            "converged"
+        } else {
+            "stopped"
+        },
+        fit.iterations,
+        fit.gradient_max
+    );
+    if !fit.converged {
+        tracing::warn!(
+            iterations = fit.iterations,
+            gradient = fit.gradient_max,
+            "{optimiser}"
+        );
+    }
     let info = TrainingInfo {
         images: n,
         split: config.split.clone(),
         features: table.location.clone(),
         regularisation: config.regularisation,
-        iterations: config.max_iterations as usize,
-        optimiser: "L-BFGS (linfa-logistic 0.8, gradient tolerance 1e-4)".into(),
-        final_loss: 0.0,
+        iterations: fit.iterations,
+        optimiser,
+        final_loss: fit.loss,
         train_accuracy: 0.0,
         knn_k: config.knn_k,
         seconds: 0.0,
         trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         verger: env!("CARGO_PKG_VERSION").into(),
     };
-    let l2: f64 = weights
-        .iter()
-        .flatten()
-        .map(|&w| f64::from(w) * f64::from(w))
-        .sum();
     let mut classifier = Classifier::new(
         labels,
         table.model_sha256.clone(),
@@ -135,24 +152,179 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
         info,
     )
     .map_err(ClassifierError::Training)?;
-    // What the result achieves on its own training images.
+    // What the saved (f32) classifier achieves on its own training images.
     let probabilities = classifier.probabilities(&table.features)?;
-    let classes = classifier.labels().len();
-    let (mut cross_entropy, mut correct) = (0.0f64, 0usize);
-    for (row, &t) in probabilities
+    let correct = probabilities
         .chunks_exact(classes)
         .zip(&targets_of(table, &classifier))
-    {
-        cross_entropy -= f64::from(row[t].max(f32::MIN_POSITIVE)).ln();
-        let best = crate::model::top_k_of(row, 1)[0].0;
-        correct += usize::from(best == t);
-    }
-    let final_loss = cross_entropy / n as f64 + config.regularisation / 2.0 * l2;
+        .filter(|(row, t)| crate::model::top_k_of(row, 1)[0].0 == **t)
+        .count();
     let train_accuracy = correct as f64 / n as f64;
     let seconds = started.elapsed().as_secs_f64();
-    classifier.set_training_outcome(final_loss, train_accuracy, seconds);
-    tracing::info!(final_loss, train_accuracy, seconds, "trained");
+    classifier.set_training_outcome(fit.loss, train_accuracy, seconds);
+    tracing::info!(
+        loss = fit.loss,
+        train_accuracy,
+        seconds,
+        iterations = fit.iterations,
+        "trained"
+    );
     Ok(classifier)
+}
+
+/// Mean softmax cross-entropy + λ/2 ‖W‖² over standardised rows `z`.
+/// Parameters θ: W (classes × dim, row-major), then b (classes).
+struct Objective {
+    z: Array2<f64>,
+    targets: Vec<usize>,
+    classes: usize,
+    lambda: f64,
+}
+
+impl Objective {
+    fn len(&self) -> usize {
+        self.classes * (self.z.ncols() + 1)
+    }
+
+    fn unpack(&self, theta: &[f64]) -> (Array2<f64>, Array1<f64>) {
+        let dim = self.z.ncols();
+        let split = self.classes * dim;
+        let w = Array2::from_shape_vec((self.classes, dim), theta[..split].to_vec())
+            .expect("θ holds W");
+        (w, Array1::from(theta[split..].to_vec()))
+    }
+
+    /// The objective and its gradient at θ.
+    fn value_and_gradient(&self, theta: &[f64]) -> (f64, Vec<f64>) {
+        let n = self.z.nrows() as f64;
+        let (w, b) = self.unpack(theta);
+        // Scores n × classes, then softmax rows in place → probabilities.
+        let mut p = self.z.dot(&w.t()) + &b;
+        let mut loss = 0.0;
+        for (mut row, &t) in p.rows_mut().into_iter().zip(&self.targets) {
+            let max = row.fold(f64::NEG_INFINITY, |m, &s| m.max(s));
+            row.mapv_inplace(|s| (s - max).exp());
+            let sum = row.sum();
+            loss -= (row[t] / sum).ln();
+            row.mapv_inplace(|e| e / sum);
+            row[t] -= 1.0; // p − onehot
+        }
+        let penalty: f64 = w.iter().map(|v| v * v).sum();
+        let loss = loss / n + self.lambda / 2.0 * penalty;
+        let grad_w = p.t().dot(&self.z) / n + &w * self.lambda;
+        let grad_b = p.sum_axis(Axis(0)) / n;
+        let mut gradient = grad_w.into_raw_vec_and_offset().0;
+        gradient.extend(grad_b);
+        (loss, gradient)
+    }
+}
+
+struct Fit {
+    theta: Vec<f64>,
+    loss: f64,
+    iterations: usize,
+    gradient_max: f64,
+    converged: bool,
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// Minimises the (convex) objective from θ = 0: L-BFGS directions with an
+/// Armijo backtracking line search; deterministic.
+fn lbfgs(objective: &Objective, max_iterations: usize) -> Fit {
+    let mut theta = vec![0.0; objective.len()];
+    let (mut loss, mut gradient) = objective.value_and_gradient(&theta);
+    let mut history: VecDeque<(Vec<f64>, Vec<f64>, f64)> = VecDeque::new();
+    let mut iterations = 0;
+    while iterations < max_iterations && max_abs(&gradient) > GRADIENT_TOLERANCE {
+        // Two-loop recursion: direction = −H·g.
+        let mut q = gradient.clone();
+        let mut alphas = Vec::with_capacity(history.len());
+        for (s, y, rho) in history.iter().rev() {
+            let a = rho * dot(s, &q);
+            q.iter_mut().zip(y).for_each(|(q, y)| *q -= a * y);
+            alphas.push(a);
+        }
+        let scale = match history.back() {
+            Some((s, y, _)) => dot(s, y) / dot(y, y),
+            // First step: a unit-length move along the gradient.
+            None => 1.0 / dot(&gradient, &gradient).sqrt().max(1e-12),
+        };
+        q.iter_mut().for_each(|q| *q *= scale);
+        for ((s, y, rho), a) in history.iter().zip(alphas.iter().rev()) {
+            let beta = rho * dot(y, &q);
+            q.iter_mut().zip(s).for_each(|(q, s)| *q += (a - beta) * s);
+        }
+        let mut direction: Vec<f64> = q.iter().map(|q| -q).collect();
+        let mut slope = dot(&gradient, &direction);
+        if slope >= 0.0 {
+            // Not a descent direction (numerical trouble): restart from steepest descent.
+            history.clear();
+            direction = gradient.iter().map(|g| -g).collect();
+            slope = -dot(&gradient, &gradient);
+        }
+        // Backtracking until the Armijo condition holds.
+        let mut step = 1.0;
+        let accepted = loop {
+            let candidate: Vec<f64> = theta
+                .iter()
+                .zip(&direction)
+                .map(|(t, d)| t + step * d)
+                .collect();
+            let (new_loss, new_gradient) = objective.value_and_gradient(&candidate);
+            if new_loss.is_finite() && new_loss <= loss + 1e-4 * step * slope {
+                break Some((candidate, new_loss, new_gradient));
+            }
+            step *= 0.5;
+            if step < 1e-10 {
+                break None;
+            }
+        };
+        iterations += 1;
+        let Some((candidate, new_loss, new_gradient)) = accepted else {
+            tracing::debug!(iterations, loss, "line search found no decrease; stopping");
+            break;
+        };
+        let s: Vec<f64> = candidate.iter().zip(&theta).map(|(a, b)| a - b).collect();
+        let y: Vec<f64> = new_gradient
+            .iter()
+            .zip(&gradient)
+            .map(|(a, b)| a - b)
+            .collect();
+        let sy = dot(&s, &y);
+        if sy > 1e-12 {
+            if history.len() == MEMORY {
+                history.pop_front();
+            }
+            history.push_back((s, y, 1.0 / sy));
+        }
+        let improvement = loss - new_loss;
+        (theta, loss, gradient) = (candidate, new_loss, new_gradient);
+        tracing::debug!(
+            iterations,
+            loss,
+            gradient = max_abs(&gradient),
+            step,
+            "L-BFGS"
+        );
+        if improvement <= 1e-12 * loss.abs().max(1.0) {
+            break;
+        }
+    }
+    let gradient_max = max_abs(&gradient);
+    Fit {
+        theta,
+        loss,
+        iterations,
+        gradient_max,
+        converged: gradient_max <= GRADIENT_TOLERANCE,
+    }
 }
 
 fn targets_of(table: &FeatureTable, classifier: &Classifier) -> Vec<usize> {

@@ -1,5 +1,7 @@
 //! `verger`: the command line. Flags in, a pipeline call out; no logic of its own.
 
+mod classify;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -23,7 +25,9 @@ verger run --input s3://fruits/images/ --output s3://fruits/results/ --k 5\n  \
 verger run --input s3://fruits/images/ --output s3://fruits/results/ --resume   # after a crash\n  \
 verger run --input s3://fruits/images/ --output s3://fruits/results/ --incremental   # new photos\n  \
 verger bench --images 2000\n  \
-verger bench --images 4000 --cluster-executors 0,1,2\n\n\
+verger bench --images 4000 --cluster-executors 0,1,2\n  \
+verger train --features out/sample --out model/   # fruit classifier on Training/\n  \
+verger evaluate --classifier model/ --features out/sample   # scored on Test/\n\n\
 On a Ballista cluster (one scheduler, an executor per worker):\n  \
 verger scheduler --bind 0.0.0.0:50050\n  \
 verger executor --scheduler sched-host:50050 --concurrent-tasks 2\n  \
@@ -45,6 +49,12 @@ enum Command {
     /// Run a Ballista executor with verger's functions; it loads the model once and
     /// reads/writes S3 with its own AWS environment (instance role, env vars).
     Executor(ExecutorArgs),
+    /// Fit the fruit classifier (logistic regression) on a run's Training/ features.
+    #[command(long_about = classify::TRAIN_ABOUT, after_help = classify::TRAIN_EXAMPLES)]
+    Train(classify::TrainArgs),
+    /// Score a trained classifier on a run's Test/ features (top-1/5, per class, confusion, kNN).
+    #[command(long_about = classify::EVALUATE_ABOUT, after_help = classify::EVALUATE_EXAMPLES)]
+    Evaluate(classify::EvaluateArgs),
     /// Serve the photo → fruit service: POST /v1/identify, a web page at /, /healthz, /metrics.
     #[command(long_about = SERVE_ABOUT, after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
@@ -266,6 +276,8 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => run_bench(args),
         Command::Scheduler(args) => run_scheduler(args),
         Command::Executor(args) => run_executor(args),
+        Command::Train(args) => runtime().and_then(|rt| classify::train(args, rt)),
+        Command::Evaluate(args) => runtime().and_then(|rt| classify::evaluate(args, rt)),
         Command::Serve(args) => run_serve(args),
         Command::BenchServe(args) => run_bench_serve(args),
     };
