@@ -255,10 +255,16 @@ async fn identify_inner(state: &AppState, request: Request) -> Result<Answer, Ap
     if let Err(err) = state.queue.try_send(job) {
         state.metrics.queue_depth.dec();
         let message = match err {
-            mpsc::error::TrySendError::Full(_) => "too many images are waiting for the model; retry shortly",
+            mpsc::error::TrySendError::Full(_) => {
+                "too many images are waiting for the model; retry shortly"
+            }
             mpsc::error::TrySendError::Closed(_) => "the service is shutting down",
         };
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            message,
+        ));
     }
     let ranking = match tokio::time::timeout(limits.inference_timeout, answer).await {
         Ok(Ok(Ok(ranking))) => ranking,
@@ -334,17 +340,23 @@ async fn read_image(request: Request, max_body: usize) -> Result<Bytes, ApiError
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
     if !multipart {
         return read_body(request.into_body(), max_body).await;
     }
-    let mut form = Multipart::from_request(request, &()).await.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            format!("malformed multipart/form-data: {}", rejection.body_text()),
-        )
-    })?;
+    let mut form = Multipart::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("malformed multipart/form-data: {}", rejection.body_text()),
+            )
+        })?;
     let mut first_file = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         let named = matches!(field.name(), Some("image" | "file" | "photo"));
@@ -438,7 +450,13 @@ async fn decode(state: &AppState, bytes: Bytes) -> Result<Vec<f32>, ApiError> {
     let permit = Arc::clone(&state.decoders)
         .acquire_owned()
         .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "shutting down"))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "shutting down",
+            )
+        })?;
     let config = verger_image::PreprocessConfig {
         max_pixels: state.limits.max_pixels,
         ..verger_image::PreprocessConfig::default()
@@ -482,7 +500,10 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        debug_assert!(ERROR_KINDS.contains(&kind), "{kind} missing from ERROR_KINDS");
+        debug_assert!(
+            ERROR_KINDS.contains(&kind),
+            "{kind} missing from ERROR_KINDS"
+        );
         ApiError {
             status,
             kind,

@@ -88,7 +88,11 @@ pub async fn run(
         metrics
             .inference_seconds
             .observe(started.elapsed().as_secs_f64());
-        tracing::debug!(batch = n, elapsed_ms = started.elapsed().as_millis() as u64, "batch");
+        tracing::debug!(
+            batch = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch"
+        );
         match outcome {
             Ok(rankings) => {
                 for (reply, ranking) in replies.into_iter().zip(rankings) {

@@ -65,7 +65,9 @@ impl FruitTable {
                 common_name: common.to_string(),
                 botanical_name: botanical.to_string(),
                 family: family.to_string(),
-                energy_kcal_per_100g: kcal.parse().map_err(|_| at("energy_kcal is not a number"))?,
+                energy_kcal_per_100g: kcal
+                    .parse()
+                    .map_err(|_| at("energy_kcal is not a number"))?,
                 fdc_id,
                 fdc_food: fdc_food.replace(';', ","),
                 source_url: format!("https://fdc.nal.usda.gov/food-details/{fdc_id}/nutrients"),
@@ -110,7 +112,10 @@ mod tests {
         for row in table.rows() {
             assert!(!row.common_name.is_empty() && !row.botanical_name.is_empty());
             assert!(row.family.ends_with("aceae"), "{row:?}");
-            assert!((10.0..=400.0).contains(&row.energy_kcal_per_100g), "{row:?}");
+            assert!(
+                (10.0..=400.0).contains(&row.energy_kcal_per_100g),
+                "{row:?}"
+            );
             assert!(row.fdc_food.contains("raw"), "{row:?}");
         }
         assert!(TABLE.contains("FoodData Central") && TABLE.contains("GRIN"));

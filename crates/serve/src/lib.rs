@@ -155,8 +155,8 @@ impl Service {
     /// model (by sha256, before the model is loaded), then loads the model
     /// once for the life of the service.
     pub fn load(config: &ServeConfig) -> anyhow::Result<Service> {
-        let classifier = verger_classifier::Classifier::load(&config.classifier_dir)
-            .with_context(|| {
+        let classifier =
+            verger_classifier::Classifier::load(&config.classifier_dir).with_context(|| {
                 format!(
                     "cannot load the classifier from {} (make one with `verger train`)",
                     config.classifier_dir.display()

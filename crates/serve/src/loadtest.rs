@@ -243,7 +243,10 @@ fn summarise(
         .map(|o| o.latency.as_secs_f64() * 1000.0)
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.result.as_ref().err()).collect();
+    let errors: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err())
+        .collect();
     let correct = outcomes.iter().filter(|o| o.result == Ok(true)).count();
     let wall_s = wall.as_secs_f64();
     LoadReport {

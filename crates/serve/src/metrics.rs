@@ -88,7 +88,9 @@ impl Metrics {
             Box::new(queue_wait_seconds.clone()),
             Box::new(queue_depth.clone()),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         Metrics {
             registry,

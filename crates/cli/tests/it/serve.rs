@@ -53,7 +53,9 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let mut child = serve_command(&CLASSIFIER, &model_path()).args(extra).spawn();
+        let mut child = serve_command(&CLASSIFIER, &model_path())
+            .args(extra)
+            .spawn();
         let started = Instant::now();
         let base = loop {
             let stderr = child.stderr();
@@ -239,17 +241,46 @@ fn serve_identifies_sample_photos_and_refuses_bad_requests() {
     // Bad requests: a clear JSON error, quickly.
     let jpeg = std::fs::read(path).unwrap();
     let cases: Vec<(&str, Vec<u8>, &[u16], &str)> = vec![
-        ("text/plain", b"these are not the pixels you are looking for".to_vec(), &[415, 400], "not_an_image"),
-        ("image/jpeg", jpeg[..jpeg.len() / 3].to_vec(), &[400, 415], "corrupt_image"),
-        ("image/png", png_header_only(30_000, 30_000), &[413, 422], "image_too_large"),
-        ("image/jpeg", vec![0xFF; 100 * 1024], &[413], "body_too_large"),
+        (
+            "text/plain",
+            b"these are not the pixels you are looking for".to_vec(),
+            &[415, 400],
+            "not_an_image",
+        ),
+        (
+            "image/jpeg",
+            jpeg[..jpeg.len() / 3].to_vec(),
+            &[400, 415],
+            "corrupt_image",
+        ),
+        (
+            "image/png",
+            png_header_only(30_000, 30_000),
+            &[413, 422],
+            "image_too_large",
+        ),
+        (
+            "image/jpeg",
+            vec![0xFF; 100 * 1024],
+            &[413],
+            "body_too_large",
+        ),
     ];
     for (content_type, body, statuses, kind) in cases {
         let started = Instant::now();
         let r = server.post(content_type, &body);
-        assert!(statuses.contains(&r.status), "{kind}: {} {}", r.status, r.text);
+        assert!(
+            statuses.contains(&r.status),
+            "{kind}: {} {}",
+            r.status,
+            r.text
+        );
         assert_eq!(r.json["kind"], kind, "{}", r.text);
-        assert!(r.json["error"].as_str().is_some_and(|m| !m.is_empty()), "{}", r.text);
+        assert!(
+            r.json["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            r.text
+        );
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{kind} took {:?}",
@@ -267,13 +298,25 @@ fn serve_identifies_sample_photos_and_refuses_bad_requests() {
         metric(r#"verger_http_requests_total{method="POST",route="/v1/identify",status="200"}"#)
             >= 26.0
     );
-    assert_eq!(metric(r#"verger_http_errors_total{kind="image_too_large"}"#), 1.0);
-    assert_eq!(metric(r#"verger_http_errors_total{kind="body_too_large"}"#), 1.0);
-    assert_eq!(metric(r#"verger_http_errors_total{kind="not_an_image"}"#), 1.0);
+    assert_eq!(
+        metric(r#"verger_http_errors_total{kind="image_too_large"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(r#"verger_http_errors_total{kind="body_too_large"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(r#"verger_http_errors_total{kind="not_an_image"}"#),
+        1.0
+    );
     assert_eq!(metric(r#"verger_http_errors_total{kind="not_found"}"#), 1.0);
     assert!(metric(r#"verger_http_request_duration_seconds_count{route="/v1/identify"}"#) >= 30.0);
     let r = server.post("image/jpeg", &jpeg);
-    assert_eq!((r.status, r.json["label"].as_str()), (200, Some(label.as_str())));
+    assert_eq!(
+        (r.status, r.json["label"].as_str()),
+        (200, Some(label.as_str()))
+    );
     let page = server.get("/");
     assert_eq!(page.status, 200);
     assert!(page.text.contains("name=\"viewport\""));
@@ -288,7 +331,12 @@ fn serve_batches_concurrent_requests() {
             .map(|i| {
                 let (label, path) = photos[i % photos.len()].clone();
                 let server = &server;
-                scope.spawn(move || (label, server.post("image/jpeg", &std::fs::read(path).unwrap())))
+                scope.spawn(move || {
+                    (
+                        label,
+                        server.post("image/jpeg", &std::fs::read(path).unwrap()),
+                    )
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -360,11 +408,20 @@ fn serve_page_identifies_a_photo_in_headless_chromium() {
     );
     let shown: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(shown["label"], label.as_str(), "{shown}");
-    assert!(shown["confidence"].as_str().unwrap().contains('%'), "{shown}");
+    assert!(
+        shown["confidence"].as_str().unwrap().contains('%'),
+        "{shown}"
+    );
     assert_eq!(shown["top5"].as_array().unwrap().len(), 5, "{shown}");
     assert!(shown["info"].as_str().unwrap().contains("Musa"), "{shown}");
-    assert!(shown["console_errors"].as_array().unwrap().is_empty(), "{shown}");
-    assert!(shown["page_errors"].as_array().unwrap().is_empty(), "{shown}");
+    assert!(
+        shown["console_errors"].as_array().unwrap().is_empty(),
+        "{shown}"
+    );
+    assert!(
+        shown["page_errors"].as_array().unwrap().is_empty(),
+        "{shown}"
+    );
     // Phone-sized: nothing wider than the 390 px viewport.
     assert!(shown["page_width"].as_u64().unwrap() <= 390, "{shown}");
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 5_000);

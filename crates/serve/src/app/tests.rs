@@ -90,7 +90,9 @@ fn start(limits: Limits, model_delay: Duration) -> Server {
         delay: model_delay,
     });
     let classifier = Arc::new(DominantColour {
-        labels: ["Apple Red 1", "Kiwi", "Rambutan"].map(String::from).to_vec(),
+        labels: ["Apple Red 1", "Kiwi", "Rambutan"]
+            .map(String::from)
+            .to_vec(),
     });
     let service = Service::from_parts(
         Arc::clone(&model) as Arc<dyn Featurize>,
@@ -245,7 +247,12 @@ fn identifies_a_raw_body_with_top5_and_info() {
     assert!(sum <= 1.0 + 1e-5, "{sum}");
     assert_eq!(r.json["info"]["fruit"], "apple", "{}", r.text);
     assert_eq!(r.json["info"]["botanical_name"], "Malus domestica");
-    assert!(r.json["info"]["source_url"].as_str().unwrap().contains("171688"));
+    assert!(
+        r.json["info"]["source_url"]
+            .as_str()
+            .unwrap()
+            .contains("171688")
+    );
 
     // A label the table lacks: an answer, with info = null.
     let r = post(&server, "image/png", &png(30, 30, [10, 10, 240]));
@@ -266,23 +273,45 @@ fn identifies_a_multipart_field() {
     assert_eq!(post(&server, &content_type, &body).json["label"], "Kiwi");
     // A form without a file says so.
     let boundary = "b0";
-    let body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--{boundary}--\r\n");
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--{boundary}--\r\n"
+    );
     let r = post(
         &server,
         &format!("multipart/form-data; boundary={boundary}"),
         body.as_bytes(),
     );
-    assert_eq!((r.status, r.json["kind"].as_str()), (400, Some("no_image_field")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.json["kind"].as_str()),
+        (400, Some("no_image_field")),
+        "{}",
+        r.text
+    );
 }
 
 #[test]
 fn bad_requests_get_clear_errors_and_the_server_carries_on() {
     let server = start(limits(), Duration::ZERO);
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("text/plain", b"this is not a photo".to_vec(), 415, "not_an_image"),
+        (
+            "text/plain",
+            b"this is not a photo".to_vec(),
+            415,
+            "not_an_image",
+        ),
         ("image/png", Vec::new(), 400, "empty_body"),
-        ("image/png", png(64, 64, [1, 2, 3])[..60].to_vec(), 400, "corrupt_image"),
-        ("image/png", png_header_only(30_000, 30_000), 413, "image_too_large"),
+        (
+            "image/png",
+            png(64, 64, [1, 2, 3])[..60].to_vec(),
+            400,
+            "corrupt_image",
+        ),
+        (
+            "image/png",
+            png_header_only(30_000, 30_000),
+            413,
+            "image_too_large",
+        ),
         ("image/png", vec![0u8; 100 * 1024], 413, "body_too_large"),
     ];
     for (content_type, body, status, kind) in cases {
@@ -290,16 +319,34 @@ fn bad_requests_get_clear_errors_and_the_server_carries_on() {
         let r = post(&server, content_type, &body);
         assert_eq!(r.status, status, "{kind}: {}", r.text);
         assert_eq!(r.json["kind"], kind, "{}", r.text);
-        assert!(r.json["error"].as_str().is_some_and(|m| m.len() > 10), "{}", r.text);
-        assert!(started.elapsed() < Duration::from_secs(2), "{kind} took {:?}", started.elapsed());
+        assert!(
+            r.json["error"].as_str().is_some_and(|m| m.len() > 10),
+            "{}",
+            r.text
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{kind} took {:?}",
+            started.elapsed()
+        );
     }
     // Multipart over the limit.
     let (content_type, body) = multipart("image", "big.png", &vec![7u8; 100 * 1024]);
     let r = post(&server, &content_type, &body);
-    assert_eq!((r.status, r.json["kind"].as_str()), (413, Some("body_too_large")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.json["kind"].as_str()),
+        (413, Some("body_too_large")),
+        "{}",
+        r.text
+    );
 
     let r = get(&server, "/no/such/page");
-    assert_eq!((r.status, r.json["kind"].as_str()), (404, Some("not_found")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.json["kind"].as_str()),
+        (404, Some("not_found")),
+        "{}",
+        r.text
+    );
     let r = get(&server, "/v1/identify");
     assert_eq!(r.status, 405, "{}", r.text);
     assert_eq!(r.allow.as_deref(), Some("POST"));
@@ -350,7 +397,10 @@ fn concurrent_requests_share_batches() {
     assert!(calls < 16, "16 requests in {calls} model calls");
     assert!(server.model.largest_batch.load(Ordering::SeqCst) > 1);
     let metrics = get(&server, "/metrics").text;
-    assert!(metrics.contains("verger_inference_batch_size_count"), "{metrics}");
+    assert!(
+        metrics.contains("verger_inference_batch_size_count"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -366,7 +416,10 @@ fn a_full_queue_answers_503_instead_of_stalling() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
     assert!(statuses.contains(&200), "{statuses:?}");
     assert!(statuses.contains(&503), "{statuses:?}");
 }
@@ -376,7 +429,12 @@ fn page_health_and_metrics() {
     let server = start(limits(), Duration::ZERO);
     let page = get(&server, "/");
     assert_eq!(page.status, 200);
-    for needle in ["<meta name=\"viewport\"", "/v1/identify", "type=\"file\"", "drop"] {
+    for needle in [
+        "<meta name=\"viewport\"",
+        "/v1/identify",
+        "type=\"file\"",
+        "drop",
+    ] {
         assert!(page.text.contains(needle), "{needle}");
     }
     assert!(!page.text.contains("https://cdn"), "no CDN");
@@ -386,5 +444,9 @@ fn page_health_and_metrics() {
     assert_eq!(health.json["labels"], 3);
     let metrics = get(&server, "/metrics");
     assert_eq!(metrics.status, 200);
-    assert!(metrics.text.contains("# TYPE verger_http_requests_total counter"));
+    assert!(
+        metrics
+            .text
+            .contains("# TYPE verger_http_requests_total counter")
+    );
 }
