@@ -189,7 +189,12 @@ impl Classifier {
                 row.len()
             ));
         }
-        if let Some(s) = file.standardize.std.iter().find(|s| !(**s > 0.0)) {
+        if let Some(s) = file
+            .standardize
+            .std
+            .iter()
+            .find(|s| s.is_nan() || **s <= 0.0)
+        {
             return Err(format!(
                 "standardize.std holds {s}; every value must be > 0"
             ));
