@@ -49,6 +49,9 @@ enum Command {
     /// Run a Ballista executor with verger's functions; it loads the model once and
     /// reads/writes S3 with its own AWS environment (instance role, env vars).
     Executor(ExecutorArgs),
+    /// Write a self-contained HTML report (plots as PNG) of a finished run's output.
+    #[command(long_about = REPORT_ABOUT, after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
     /// Fit the fruit classifier (logistic regression) on a run's Training/ features.
     #[command(long_about = classify::TRAIN_ABOUT, after_help = classify::TRAIN_EXAMPLES)]
     Train(classify::TrainArgs),
@@ -61,6 +64,37 @@ enum Command {
     /// Load-test a running `verger serve`: latency percentiles, throughput, errors.
     #[command(long_about = BENCH_SERVE_ABOUT, after_help = BENCH_SERVE_EXAMPLES)]
     BenchServe(BenchServeArgs),
+}
+
+const REPORT_ABOUT: &str = "Write a self-contained HTML report of a finished `verger run` output: \
+index.html plus the PNGs it shows, in one folder that opens offline (no script, no network).\n\n\
+The page shows the explained-variance scree plot with its cumulative curve; the images in the \
+plane of PCA components 1 and 2, coloured by label (the 20 labels with most images named, the \
+rest grey \"other\"); images per label; the failures grouped by stage and reason, with an \
+example path each; the run's parameters, counts and timings from run.json. With --evaluation \
+it adds the classifier's top-1, top-5 and kNN figures, per-class precision and recall, and the \
+confusion matrix as a heat map.\n\n\
+Only the label and pca columns are read (not the 1280-d features), and the scatter draws a \
+uniform sample of at most 20,000 images, so large outputs report quickly.";
+
+const REPORT_EXAMPLES: &str = "Examples:\n  \
+verger report --input out/sample --out report/\n  \
+verger report --input s3://fruits/results/ --out report/ --evaluation model/evaluation.json\n  \
+then open report/index.html in a browser";
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The output of `verger run` to describe: a folder or s3://bucket/prefix (it must hold _SUCCESS)
+    #[arg(long, short)]
+    input: String,
+    /// Folder (or s3://bucket/prefix) the page and its PNGs are written to; created if missing,
+    /// files of the same name replaced
+    #[arg(long, short, default_value = "report")]
+    out: String,
+    /// evaluation.json written by `verger evaluate`: adds accuracy, per-class scores and the
+    /// confusion matrix
+    #[arg(long, value_name = "FILE")]
+    evaluation: Option<String>,
 }
 
 #[derive(Args)]
@@ -264,7 +298,7 @@ fn main() -> std::process::ExitCode {
     let filter = std::env::var("VERGER_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| {
-            "warn,verger=info,verger_pipeline=info,verger_model=info,verger_cluster=info,verger_serve=info".into()
+            "warn,verger=info,verger_pipeline=info,verger_model=info,verger_cluster=info,verger_report=info,verger_serve=info".into()
         });
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -276,6 +310,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => run_bench(args),
         Command::Scheduler(args) => run_scheduler(args),
         Command::Executor(args) => run_executor(args),
+        Command::Report(args) => run_report(args),
         Command::Train(args) => runtime().and_then(|rt| classify::train(args, rt)),
         Command::Evaluate(args) => runtime().and_then(|rt| classify::evaluate(args, rt)),
         Command::Serve(args) => run_serve(args),
@@ -336,6 +371,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.cluster = args.cluster;
     let report = runtime()?.block_on(verger_pipeline::run(&config))?;
     println!("{}", report.summary_line());
+    Ok(())
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<()> {
+    let mut config = verger_report::ReportConfig::new(args.input, args.out);
+    config.evaluation = args.evaluation;
+    let written = runtime()?.block_on(verger_report::write_report(&config))?;
+    println!(
+        "verger: report of {} images, {} labels, {} errors -> {}",
+        written.images, written.labels, written.errors, written.index
+    );
     Ok(())
 }
 

@@ -109,10 +109,22 @@ mod tests {
     #[test]
     fn refuses_other_formats_versions_and_shapes() {
         let other = SAMPLE.replace("verger-evaluation", "something");
-        assert!(Evaluation::parse(other.as_bytes()).unwrap_err().contains("format"));
+        assert!(
+            Evaluation::parse(other.as_bytes())
+                .unwrap_err()
+                .contains("format")
+        );
         let newer = SAMPLE.replace(r#""version":1"#, r#""version":2"#);
-        assert!(Evaluation::parse(newer.as_bytes()).unwrap_err().contains("version 2"));
+        assert!(
+            Evaluation::parse(newer.as_bytes())
+                .unwrap_err()
+                .contains("version 2")
+        );
         let ragged = SAMPLE.replace("[1,19]", "[1]");
-        assert!(Evaluation::parse(ragged.as_bytes()).unwrap_err().contains("2 × 2"));
+        assert!(
+            Evaluation::parse(ragged.as_bytes())
+                .unwrap_err()
+                .contains("2 × 2")
+        );
     }
 }

@@ -53,6 +53,7 @@ td.path { font-family: "DejaVu Sans Mono", monospace; font-size: .85rem; word-br
 .swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .4rem; vertical-align: -1px; }
 .ok { color: #1b5e20; }
 details > summary { cursor: pointer; margin: .4rem 0; }
+.parts { display: flex; flex-wrap: wrap; gap: 0 2.5rem; align-items: flex-start; }
 "#;
 
 /// The whole page.
@@ -97,10 +98,7 @@ fn header(html: &mut String, data: &RunData) {
     ];
     for (name, value) in figures {
         let value = value.map_or("–".to_string(), |v| v.to_string());
-        let _ = writeln!(
-            html,
-            "<div class=\"figure\"><b>{value}</b>{name}</div>"
-        );
+        let _ = writeln!(html, "<div class=\"figure\"><b>{value}</b>{name}</div>");
     }
     let _ = writeln!(
         html,
@@ -181,7 +179,10 @@ fn scatter(html: &mut String, data: &RunData, image: Option<&str>) {
     let legend = Legend::of(&data.labels);
     let drawn = data.points.len() as u64;
     let sample = if drawn < data.rows {
-        format!(" A uniform sample of {drawn} of the {} images is drawn.", data.rows)
+        format!(
+            " A uniform sample of {drawn} of the {} images is drawn.",
+            data.rows
+        )
     } else {
         String::new()
     };
@@ -333,10 +334,11 @@ fn classifier(html: &mut String, evaluation: &Evaluation, confusion: Option<&str
 }
 
 fn run_details(html: &mut String, run: &Value) {
-    html.push_str("<h2>Run</h2>\n");
+    html.push_str("<h2>Run</h2>\n<div class=\"parts\">\n");
     section_table(html, "Parameters", &run["parameters"], "");
-    section_table(html, "Model", &run["model"], "");
-    html.push_str("<h3>Timings</h3>\n<table>\n<tr><th>step</th><th class=\"num\">value</th></tr>\n");
+    html.push_str(
+        "<section><h3>Timings</h3>\n<table>\n<tr><th>step</th><th class=\"num\">value</th></tr>\n",
+    );
     let mut rows = Vec::new();
     flatten(&run["timings"], "", &mut rows);
     for (name, value) in rows {
@@ -351,9 +353,11 @@ fn run_details(html: &mut String, run: &Value) {
             escape(&shown)
         );
     }
-    html.push_str("</table>\n");
+    html.push_str("</table></section>\n");
     section_table(html, "Counts", &run["counts"], "");
+    section_table(html, "Model", &run["model"], "");
     section_table(html, "Versions", &run["versions"], "");
+    html.push_str("</div>\n");
     if let (Some(start), Some(end)) = (run["started_at"].as_str(), run["finished_at"].as_str()) {
         let _ = writeln!(
             html,
@@ -376,7 +380,7 @@ fn section_table(html: &mut String, title: &str, value: &Value, prefix: &str) {
     }
     let _ = write!(
         html,
-        "<h3>{}</h3>\n<table>\n<tr><th>name</th><th>value</th></tr>\n",
+        "<section><h3>{}</h3>\n<table>\n<tr><th>name</th><th>value</th></tr>\n",
         escape(title)
     );
     for (name, value) in rows {
@@ -387,7 +391,7 @@ fn section_table(html: &mut String, title: &str, value: &Value, prefix: &str) {
             escape(&scalar(&value))
         );
     }
-    html.push_str("</table>\n");
+    html.push_str("</table></section>\n");
 }
 
 fn flatten(value: &Value, prefix: &str, rows: &mut Vec<(String, Value)>) {

@@ -209,8 +209,12 @@ async fn read_features(
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             let schema = batch.schema();
-            let label_at = schema.index_of("label").map_err(|e| column_error(&target, e.to_string()))?;
-            let pca_at = schema.index_of("pca").map_err(|e| column_error(&target, e.to_string()))?;
+            let label_at = schema
+                .index_of("label")
+                .map_err(|e| column_error(&target, e.to_string()))?;
+            let pca_at = schema
+                .index_of("pca")
+                .map_err(|e| column_error(&target, e.to_string()))?;
             let label = batch
                 .column(label_at)
                 .as_string_opt::<i32>()
@@ -224,7 +228,11 @@ async fn read_features(
             let values = values.as_primitive::<Float64Type>();
             let offsets = pca.value_offsets();
             for row in 0..batch.num_rows() {
-                let name = if label.is_null(row) { "" } else { label.value(row) };
+                let name = if label.is_null(row) {
+                    ""
+                } else {
+                    label.value(row)
+                };
                 let id = match ids.get(name) {
                     Some(&id) => id,
                     None => {
@@ -247,7 +255,12 @@ async fn read_features(
     }
     // Final order: most images first; points re-indexed to match.
     let mut order: Vec<usize> = (0..counts.len()).collect();
-    order.sort_by(|&a, &b| counts[b].1.cmp(&counts[a].1).then(counts[a].0.cmp(&counts[b].0)));
+    order.sort_by(|&a, &b| {
+        counts[b]
+            .1
+            .cmp(&counts[a].1)
+            .then(counts[a].0.cmp(&counts[b].0))
+    });
     let mut rank = vec![0; counts.len()];
     for (position, &id) in order.iter().enumerate() {
         rank[id] = position;
@@ -371,6 +384,9 @@ mod tests {
         let kept = big.into_items();
         assert_eq!(kept.len(), 100);
         // Uniform: the sample reaches into the late part of the stream.
-        assert!(kept.iter().filter(|&&i| i >= 5_000).count() > 20, "{kept:?}");
+        assert!(
+            kept.iter().filter(|&&i| i >= 5_000).count() > 20,
+            "{kept:?}"
+        );
     }
 }

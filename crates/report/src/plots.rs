@@ -50,7 +50,7 @@ pub const PALETTE: [RGBColor; 20] = [
     RGBColor(0xf4, 0x9a, 0xbb),
     RGBColor(0x80, 0x80, 0x00),
     RGBColor(0xa8, 0x7c, 0xe0),
-    RGBColor(0x4f, 0xc9, 0x8e),
+    RGBColor(0x00, 0xe0, 0x7a),
     RGBColor(0xf0, 0xa8, 0x6a),
     RGBColor(0x1b, 0x5e, 0x20),
     RGBColor(0x00, 0x00, 0x00),
@@ -143,14 +143,18 @@ pub fn scree(explained: &[f64]) -> Result<Vec<u8>, String> {
             .margin(14)
             .x_label_area_size(44)
             .y_label_area_size(64)
-            .build_cartesian_2d((1..k + 1).into_segmented(), 0f64..top)?;
+            .build_cartesian_2d(0.5..k.max(1) as f64 + 0.5, 0f64..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(k.clamp(1, 25))
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) if *i <= k => format!("PC{i}"),
-                _ => String::new(),
+            .x_label_formatter(&|v| {
+                let whole = v.round();
+                if (v - whole).abs() < 1e-6 && whole >= 1.0 {
+                    format!("PC{whole}")
+                } else {
+                    String::new()
+                }
             })
             .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .x_desc("principal component")
@@ -160,32 +164,23 @@ pub fn scree(explained: &[f64]) -> Result<Vec<u8>, String> {
             .draw()?;
         chart
             .draw_series(explained.iter().enumerate().map(|(i, &v)| {
-                let mut bar = Rectangle::new(
-                    [
-                        (SegmentValue::Exact(i + 1), 0.0),
-                        (SegmentValue::Exact(i + 2), v),
-                    ],
-                    BAR.filled(),
-                );
-                bar.set_margin(0, 0, 6, 6);
-                bar
+                let centre = (i + 1) as f64;
+                Rectangle::new([(centre - 0.4, 0.0), (centre + 0.4, v)], BAR.filled())
             }))?
             .label("each component")
             .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], BAR.filled()));
         let line: Vec<_> = cumulative
             .iter()
             .enumerate()
-            .map(|(i, &c)| (SegmentValue::CenterOf(i + 1), c))
+            .map(|(i, &c)| ((i + 1) as f64, c))
             .collect();
         chart
             .draw_series(LineSeries::new(line.clone(), LINE.stroke_width(3)))?
             .label("cumulative")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 14, y)], LINE.stroke_width(3))
-            });
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], LINE.stroke_width(3)));
         chart.draw_series(
             line.iter()
-                .map(|point| Circle::new(point.clone(), 4, LINE.filled())),
+                .map(|&point| Circle::new(point, 4, LINE.filled())),
         )?;
         chart
             .configure_series_labels()
@@ -282,7 +277,10 @@ pub fn scatter(
         key.draw(&Text::new("Label (images)", (12, 22), bold(14)))?;
         let mut y = 52;
         for (i, (name, count)) in labels.iter().take(legend.named).enumerate() {
-            key.draw(&Rectangle::new([(12, y), (26, y + 14)], PALETTE[i].filled()))?;
+            key.draw(&Rectangle::new(
+                [(12, y), (26, y + 14)],
+                PALETTE[i].filled(),
+            ))?;
             key.draw(&Text::new(
                 format!("{} ({count})", shorten(name, 30)),
                 (34, y),
@@ -360,7 +358,7 @@ pub fn label_counts(labels: &[(String, u64)]) -> Result<Vec<u8>, String> {
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(label_area)
-            .build_cartesian_2d(0f64..max * 1.12, (0..rows).into_segmented())?;
+            .build_cartesian_2d(0f64..max * 1.12, (0..rows - 1).into_segmented())?;
         // Row r (from the bottom) shows label rows - 1 - r: the largest on top.
         let name_of = |row: usize| {
             shown
@@ -523,7 +521,9 @@ mod tests {
 
     /// Pixels that are neither white nor near-white.
     fn ink(img: &image::RgbImage) -> usize {
-        img.pixels().filter(|p| p.0.iter().any(|&c| c < 200)).count()
+        img.pixels()
+            .filter(|p| p.0.iter().any(|&c| c < 200))
+            .count()
     }
 
     #[test]
@@ -551,7 +551,11 @@ mod tests {
 
         let names: Vec<String> = labels.iter().map(|(l, _)| l.clone()).collect();
         let matrix: Vec<Vec<u64>> = (0..30)
-            .map(|i| (0..30).map(|j| if i == j { 9 } else { (i + j) as u64 % 2 }).collect())
+            .map(|i| {
+                (0..30)
+                    .map(|j| if i == j { 9 } else { (i + j) as u64 % 2 })
+                    .collect()
+            })
             .collect();
         let heat_map = decode(&confusion(&names, &matrix).unwrap());
         assert!(ink(&heat_map) > 5_000);
