@@ -28,4 +28,10 @@ for need in ../shared/models/mobilenet_v2_1.0_224_features.onnx ../shared/datase
     fi
 done
 
+# `--workspace` would override `-p`: only pass it when no package is named.
+for arg in "$@"; do
+    case "$arg" in
+        -p | -p* | --package | --package=*) exec cargo test "$@" ;;
+    esac
+done
 exec cargo test --workspace "$@"
