@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::evaluation::Evaluation;
 use crate::input::RunData;
-use crate::plots::{Legend, MAX_BARS, PALETTE};
+use crate::plots::{Legend, MAX_BARS, PALETTE, SCREE_SIZE};
 
 /// `text` safe inside HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
@@ -37,7 +37,7 @@ pub struct Images<'a> {
 const STYLE: &str = r#"
 :root { color-scheme: light; }
 body { font-family: "DejaVu Sans", "Liberation Sans", Arial, Helvetica, sans-serif;
-       margin: 0 auto; padding: 1.5rem; max-width: 1180px; color: #1d1d1f; line-height: 1.45; }
+       margin: 0 auto; padding: 1.5rem; max-width: 1200px; color: #1d1d1f; line-height: 1.45; }
 h1 { margin-bottom: .2rem; }
 h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 .muted { color: #666; }
@@ -53,6 +53,7 @@ td.path { font-family: "DejaVu Sans Mono", monospace; font-size: .85rem; word-br
 .swatch { display: inline-block; width: .8rem; height: .8rem; margin-right: .4rem; vertical-align: -1px; }
 .ok { color: #1b5e20; }
 details > summary { cursor: pointer; margin: .4rem 0; }
+.row { display: flex; flex-wrap: wrap; gap: 1rem 2rem; align-items: flex-start; }
 .parts { display: flex; flex-wrap: wrap; gap: 0 2.5rem; align-items: flex-start; }
 "#;
 
@@ -132,8 +133,8 @@ fn variance(html: &mut String, data: &RunData, scree: &str) {
         "<h2>Explained variance</h2>\n<p>The PCA was fitted on {} feature vectors of {} \
          dimensions and keeps {} components ({}). Each bar is one component's share of the \
          total variance; the line is the running total.</p>\n\
-         <img src=\"{}\" alt=\"Scree plot of the explained variance per component, with the \
-         cumulative share\" width=\"760\" height=\"420\">\n",
+         <div class=\"row\">\n<img src=\"{}\" alt=\"Scree plot of the explained variance per \
+         component, with the cumulative share\" width=\"{}\" height=\"{}\">\n",
         pca.n,
         pca.dim,
         pca.k,
@@ -142,7 +143,9 @@ fn variance(html: &mut String, data: &RunData, scree: &str) {
         } else {
             "projected uncentred, like spark.ml"
         },
-        escape(scree)
+        escape(scree),
+        SCREE_SIZE.0,
+        SCREE_SIZE.1
     );
     html.push_str(
         "<table>\n<tr><th>component</th><th class=\"num\">explained</th>\
@@ -164,7 +167,7 @@ fn variance(html: &mut String, data: &RunData, scree: &str) {
             percent(cumulative)
         );
     }
-    html.push_str("</table>\n");
+    html.push_str("</table>\n</div>\n");
 }
 
 fn scatter(html: &mut String, data: &RunData, image: Option<&str>) {
@@ -208,8 +211,8 @@ fn counts(html: &mut String, data: &RunData, image: &str) {
     let _ = write!(
         html,
         "<h2>Images per label</h2>\n<p>{} images in {} labels (a label is the name of the \
-         folder an image is in).{}</p>\n<img src=\"{}\" alt=\"Bar chart of the number of images \
-         per label\">\n",
+         folder an image is in).{}</p>\n<div class=\"row\">\n<img src=\"{}\" alt=\"Bar chart of the \
+         number of images per label\">\n",
         data.rows,
         data.labels.len(),
         if data.labels.len() > MAX_BARS {
@@ -243,7 +246,7 @@ fn counts(html: &mut String, data: &RunData, image: &str) {
             escape(label)
         );
     }
-    html.push_str("</table>\n</details>\n");
+    html.push_str("</table>\n</details>\n</div>\n");
 }
 
 fn errors(html: &mut String, data: &RunData) {

@@ -115,6 +115,9 @@ fn text_width(chars: usize, size: u32) -> u32 {
     (chars as f64 * size as f64 * 0.62).ceil() as u32
 }
 
+/// Width and height of the scree plot.
+pub const SCREE_SIZE: (u32, u32) = (660, 380);
+
 /// Scree plot: one bar per component (its share of the total variance) and
 /// the cumulative share as a line.
 pub fn scree(explained: &[f64]) -> Result<Vec<u8>, String> {
@@ -128,7 +131,7 @@ pub fn scree(explained: &[f64]) -> Result<Vec<u8>, String> {
         .collect();
     let total = cumulative.last().copied().unwrap_or(0.0);
     let top = (total * 1.18).clamp(0.05, 1.0);
-    render(760, 420, |root| {
+    render(SCREE_SIZE.0, SCREE_SIZE.1, |root| {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(root)
             .caption(
@@ -341,7 +344,7 @@ pub fn label_counts(labels: &[(String, u64)]) -> Result<Vec<u8>, String> {
         .unwrap_or(4);
     let label_area = (text_width(longest, 13) + 16).clamp(60, 280);
     let max = shown.iter().map(|(_, n)| *n).max().unwrap_or(1).max(1) as f64;
-    let height = 100 + rows as u32 * 19;
+    let height = (100 + rows as u32 * 19).max(220);
     let caption = if labels.len() > shown.len() {
         format!(
             "Images per label: the {} largest of {} labels",
@@ -351,7 +354,7 @@ pub fn label_counts(labels: &[(String, u64)]) -> Result<Vec<u8>, String> {
     } else {
         format!("Images per label ({} labels)", labels.len())
     };
-    render(900, height, |root| {
+    render(720, height, |root| {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(root)
             .caption(caption, bold(17))
@@ -530,7 +533,7 @@ mod tests {
     fn plots_have_ink_and_text() {
         register_fonts().unwrap();
         let scree = decode(&scree(&[0.3, 0.2, 0.1]).unwrap());
-        assert_eq!(scree.dimensions(), (760, 420));
+        assert_eq!(scree.dimensions(), SCREE_SIZE);
         assert!(ink(&scree) > 5_000, "scree has almost no ink");
 
         let labels: Vec<(String, u64)> = (0..30)

@@ -312,7 +312,7 @@ fn report_escapes_labels_and_summarises_errors() {
         "no example path"
     );
     for picture in PICTURES {
-        assert_not_blank(&out.join(picture), (400, 300));
+        assert_not_blank(&out.join(picture), (400, 200));
     }
 }
 
