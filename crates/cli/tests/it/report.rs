@@ -109,8 +109,8 @@ fn evaluation_of_sample(run: &RunDir) -> serde_json::Value {
         confusion[truth][ranked[0].1] += 1;
         top1 += usize::from(ranked[0].1 == truth);
         top5 += usize::from(ranked.iter().take(5).any(|&(_, c)| c == truth));
-        // The baseline votes among the 5 nearest Training images in the
-        // PCA plane (cheap enough for a debug-built test).
+        // The baseline votes among the 5 nearest Training images by their
+        // PCA components (cheap enough for a debug-built test).
         let mut neighbours: Vec<(f64, usize)> = train
             .iter()
             .map(|t| {
@@ -118,6 +118,7 @@ fn evaluation_of_sample(run: &RunDir) -> serde_json::Value {
                 (d, index(&t.label))
             })
             .collect();
+        neighbours.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut votes = vec![0; n];
         neighbours.iter().take(5).for_each(|&(_, c)| votes[c] += 1);
         let best = (0..n)
