@@ -3,12 +3,11 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
 use futures::StreamExt;
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use verger_output::FEATURES_DIR;
 use verger_store::Location;
 
 use crate::ClassifierError;
 
-const FEATURES_DIR: &str = "features";
 const RUN_FILE: &str = "run.json";
 const SUCCESS_FILE: &str = "_SUCCESS";
 
@@ -116,27 +115,16 @@ pub async fn read_features(
     let mut dim = None;
     for key in keys {
         let target = location.display_key(&key);
-        let parquet_error = |e: parquet::errors::ParquetError| ClassifierError::Features {
+        let features_error = |e: verger_output::OutputError| ClassifierError::Features {
             location: target.clone(),
             reason: e.to_string(),
         };
-        // Deprecated in parquet 59 in favour of hand-written readers; it is
-        // still the maintained object_store adapter and does exactly this.
-        #[allow(deprecated)]
-        let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-            location.store().clone(),
-            key.clone(),
-        );
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
-            .await
-            .map_err(parquet_error)?;
-        let mask = ProjectionMask::columns(builder.parquet_schema(), ["path", "label", "features"]);
-        let mut stream = builder
-            .with_projection(mask)
-            .build()
-            .map_err(parquet_error)?;
+        let mut stream =
+            verger_output::read_named_columns(location, &key, &["path", "label", "features"])
+                .await
+                .map_err(features_error)?;
         while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(parquet_error)?;
+            let batch = batch.map_err(features_error)?;
             let column = |name: &str| {
                 batch
                     .column_by_name(name)

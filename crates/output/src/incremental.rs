@@ -205,6 +205,41 @@ pub(crate) async fn read_columns(
     key: &object_store::path::Path,
     columns: &[usize],
 ) -> Result<impl futures::Stream<Item = Result<RecordBatch, OutputError>> + use<>, OutputError> {
+    read_projected(location, key, &|_, parquet| {
+        Ok(ProjectionMask::roots(parquet, columns.iter().copied()))
+    })
+    .await
+}
+
+/// The batches of one Parquet file of an output, only the named top-level
+/// columns (in the file's order). A missing column is an error naming it.
+pub async fn read_named_columns(
+    location: &Location,
+    key: &object_store::path::Path,
+    names: &[&str],
+) -> Result<impl futures::Stream<Item = Result<RecordBatch, OutputError>> + use<>, OutputError> {
+    read_projected(location, key, &|schema, parquet| {
+        let indices = names
+            .iter()
+            .map(|name| {
+                schema
+                    .index_of(name)
+                    .map_err(|_| format!("no column {name:?} (is this a verger output?)"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ProjectionMask::roots(parquet, indices))
+    })
+    .await
+}
+
+async fn read_projected(
+    location: &Location,
+    key: &object_store::path::Path,
+    project: &dyn Fn(
+        &arrow::datatypes::SchemaRef,
+        &parquet::schema::types::SchemaDescriptor,
+    ) -> Result<ProjectionMask, String>,
+) -> Result<impl futures::Stream<Item = Result<RecordBatch, OutputError>> + use<>, OutputError> {
     let target = location.display_key(key);
     let parquet_error = {
         let target = target.clone();
@@ -223,7 +258,12 @@ pub(crate) async fn read_columns(
     let builder = ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(&parquet_error)?;
-    let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
+    let mask = project(builder.schema(), builder.parquet_schema()).map_err(|reason| {
+        OutputError::Parquet {
+            target: target.clone(),
+            reason,
+        }
+    })?;
     let stream = builder
         .with_projection(mask)
         .build()

@@ -30,7 +30,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use verger_store::{Location, StoreError};
 
-pub use incremental::{Carried, FileVersion, carry_unchanged, read_inventory};
+pub use incremental::{Carried, FileVersion, carry_unchanged, read_inventory, read_named_columns};
 pub use parts::{PartWriter, WrittenParts};
 pub use resume::{
     DoneWork, JobIdentity, ResumePoint, clear_results, find_resume_point, job_file,

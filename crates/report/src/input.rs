@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
 use futures::StreamExt;
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use serde::Deserialize;
 use verger_output::{ERRORS_DIR, FEATURES_DIR, PCA_MODEL_FILE, RUN_FILE, SUCCESS_FILE};
 use verger_store::{Location, ObjectKey};
@@ -153,38 +152,19 @@ async fn read_part(
     columns: &[&str],
 ) -> Result<impl futures::Stream<Item = Result<RecordBatch, ReportError>> + use<>, ReportError> {
     let target = location.display_key(key);
-    let parquet_error = {
-        let target = target.clone();
-        move |e: parquet::errors::ParquetError| ReportError::Parquet {
-            target: target.clone(),
-            reason: e.to_string(),
+    let into_report = move |e: verger_output::OutputError| match e {
+        verger_output::OutputError::Parquet { target, reason } => {
+            ReportError::Parquet { target, reason }
         }
-    };
-    // Deprecated in parquet 59 in favour of hand-written readers; it is
-    // still the maintained object_store adapter (verger-output uses it too).
-    #[allow(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-        location.store().clone(),
-        key.clone(),
-    );
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(&parquet_error)?;
-    let schema = builder.schema().clone();
-    let mut indices = Vec::with_capacity(columns.len());
-    for name in columns {
-        let index = schema.index_of(name).map_err(|_| ReportError::Parquet {
+        other => ReportError::Parquet {
             target: target.clone(),
-            reason: format!("no column {name:?} (is this a verger output?)"),
-        })?;
-        indices.push(index);
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-    let stream = builder
-        .with_projection(mask)
-        .build()
-        .map_err(&parquet_error)?;
-    Ok(stream.map(move |batch| batch.map_err(&parquet_error)))
+            reason: other.to_string(),
+        },
+    };
+    let stream = verger_output::read_named_columns(location, key, columns)
+        .await
+        .map_err(&into_report)?;
+    Ok(stream.map(move |batch| batch.map_err(&into_report)))
 }
 
 fn column_error(target: &str, reason: impl Into<String>) -> ReportError {
