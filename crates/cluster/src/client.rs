@@ -8,15 +8,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::execution::FunctionRegistry;
+use datafusion::arrow::array::RecordBatch;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::prelude::SessionContext;
 use datafusion_proto::protobuf::PhysicalPlanNode;
-use verger_engine::{FeaturizeUdf, PcaFitUdaf, PcaProjectUdf};
+use verger_datafusion::{FeaturizeOptions, phases};
+use verger_output::TaskSummary;
+use verger_pca::{PcaModel, PcaStats};
 
 use crate::codec::{physical_codec, session_config};
-use crate::part_write::{PartKind, PartWriteExec, PartWriteSpec, TaskSummary};
+use crate::part_write::{PartKind, PartWriteExec, PartWriteSpec, StagingSpec, summaries};
 use crate::slices::{ImageListSpec, SLICE_COLUMN, SlicedTable, StagedReadSpec};
 
 /// Default scheduler port, as in Ballista.
@@ -84,7 +85,7 @@ impl Cluster {
         let config = session_config().with_target_partitions(slices as usize);
         let ctx = SessionContext::new_with_config(config);
         let mut state = ctx.state();
-        verger_engine::register_planning_functions(&mut state)?;
+        verger_datafusion::register_planning_functions(&mut state)?;
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -144,101 +145,58 @@ impl Cluster {
         }
     }
 
-    /// Phase 1: every image of each slice ends up in the staging folder or
-    /// in `errors/`. One summary per slice.
-    /// `only`: the slices still to do (all when `None`).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn featurize(
-        &self,
-        input: &str,
-        glob: &str,
-        batch_size: usize,
-        output: &str,
-        slices: u32,
-        only: Option<Vec<u32>>,
-        job_name: &str,
-    ) -> Result<Vec<TaskSummary>> {
-        let ctx = self.planner(slices)?;
+    /// Phase 1: every image of each slice not yet done ends up in the
+    /// slice's staged features or staged failures. One summary per slice.
+    pub async fn featurize(&self, job: &FeaturizeJob, job_name: &str) -> Result<Vec<TaskSummary>> {
+        let ctx = self.planner(job.slices)?;
         let spec = ImageListSpec {
-            root: input.to_string(),
-            glob: glob.to_string(),
-            batch_size,
+            root: job.input.clone(),
+            glob: job.glob.clone(),
+            batch_size: job.batch_size,
+            output: job.output.clone(),
+            attempt: job.staging.attempt.clone(),
         };
-        let featurize = ctx.udf(FeaturizeUdf::NAME)?;
-        let plan = ctx
-            .read_table(Arc::new(match only {
-                Some(which) => SlicedTable::images(spec, slices).only(which),
-                None => SlicedTable::images(spec, slices),
-            }))?
-            .select(vec![
-                col("path"),
-                col("label"),
-                featurize.call(vec![lit(input), col("key")]).alias("result"),
-                col("size"),
-                col("last_modified_ms"),
-                col("e_tag"),
-                col(SLICE_COLUMN),
-            ])?
+        let images = ctx.read_table(Arc::new(SlicedTable::images(spec, job.slices)))?;
+        let plan = phases::featurize(&ctx, images, &job.input, &job.options, &[SLICE_COLUMN])?
             .create_physical_plan()
             .await?;
         let plan = Arc::new(PartWriteExec::try_new(
             plan,
             PartWriteSpec {
-                output: output.to_string(),
-                kind: PartKind::Staging,
+                output: job.output.clone(),
+                kind: PartKind::Staging(job.staging.clone()),
             },
         )?);
-        let batches = self.submit_with_retry(plan, slices, job_name).await?;
-        Ok(TaskSummary::from_batches(&batches)?)
+        let batches = self.submit_with_retry(plan, job.slices, job_name).await?;
+        Ok(summaries(&batches)?)
     }
 
     /// Phase 2: the merged PCA statistics of everything staged.
-    pub async fn fit(&self, output: &str, slices: u32, job_name: &str) -> Result<Vec<u8>> {
+    pub async fn fit(&self, output: &str, slices: u32, job_name: &str) -> Result<PcaStats> {
         let ctx = self.planner(slices)?;
-        let pca_fit = ctx.udaf(PcaFitUdaf::NAME)?;
         let spec = StagedReadSpec {
             output: output.to_string(),
         };
-        let plan = ctx
-            .read_table(Arc::new(SlicedTable::staged(spec, slices)))?
-            .aggregate(
-                vec![],
-                vec![pca_fit.call(vec![col("features")]).alias("stats")],
-            )?
-            .create_physical_plan()
-            .await?;
+        let staged = ctx.read_table(Arc::new(SlicedTable::staged(spec, slices)))?;
+        let plan = phases::fit(&ctx, staged)?.create_physical_plan().await?;
         let batches = self.submit_with_retry(plan, slices, job_name).await?;
-        batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .map(|b| b.column(0).as_binary::<i32>().value(0).to_vec())
-            .context("pca_fit returned no row")
+        Ok(phases::stats_of(&batches)?)
     }
 
     /// Phase 3: staged rows with their PCA projection, to `features/`.
     pub async fn project(
         &self,
         output: &str,
-        model_json: &str,
+        pca: &PcaModel,
         slices: u32,
         job_name: &str,
     ) -> Result<Vec<TaskSummary>> {
         let ctx = self.planner(slices)?;
-        let project = ctx.udf(PcaProjectUdf::NAME)?;
         let spec = StagedReadSpec {
             output: output.to_string(),
         };
-        let plan = ctx
-            .read_table(Arc::new(SlicedTable::staged(spec, slices)))?
-            .select(vec![
-                col("path"),
-                col("label"),
-                col("features"),
-                project
-                    .call(vec![col("features"), lit(model_json)])
-                    .alias("pca"),
-                col(SLICE_COLUMN),
-            ])?
+        let staged = ctx.read_table(Arc::new(SlicedTable::staged(spec, slices)))?;
+        let plan = phases::project(&ctx, staged, pca, &[SLICE_COLUMN])?
             .create_physical_plan()
             .await?;
         let plan = Arc::new(PartWriteExec::try_new(
@@ -249,8 +207,21 @@ impl Cluster {
             },
         )?);
         let batches = self.submit_with_retry(plan, slices, job_name).await?;
-        Ok(TaskSummary::from_batches(&batches)?)
+        Ok(summaries(&batches)?)
     }
+}
+
+/// Phase 1 of a run, as the client hands it to the cluster: everything an
+/// executor needs travels in the plan, nothing comes from its own flags.
+#[derive(Debug, Clone)]
+pub struct FeaturizeJob {
+    pub input: String,
+    pub glob: String,
+    pub batch_size: usize,
+    pub output: String,
+    pub slices: u32,
+    pub options: FeaturizeOptions,
+    pub staging: StagingSpec,
 }
 
 #[cfg(test)]

@@ -9,8 +9,7 @@ use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
-use verger_engine::{FeaturizeContext, FeaturizeUdf, PcaFitUdaf, PcaProjectUdf, StageMetrics};
-use verger_image::PreprocessConfig;
+use verger_datafusion::{FeaturizeContext, FeaturizeUdf, PcaFitUdaf, PcaProjectUdf, StageMetrics};
 use verger_model::{EngineConfig, SharedModel};
 
 use crate::codec::{GRPC_MESSAGE_LIMIT, physical_codec, session_config};
@@ -37,7 +36,6 @@ pub struct ExecutorOptions {
     pub connect_timeout_s: u16,
     pub model: Option<PathBuf>,
     pub engine: EngineConfig,
-    pub max_pixels: u64,
 }
 
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
@@ -51,13 +49,9 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
         engine: model.engine_name().to_string(),
         model_sha256: model.file().sha256.clone(),
     });
-    let preprocess = PreprocessConfig {
-        max_pixels: options.max_pixels,
-        ..PreprocessConfig::default()
-    };
+    // How to featurize (pixel limit, expected model) comes with each job's plan.
     let featurize = Arc::new(FeaturizeContext::new(
         model,
-        preprocess,
         Arc::new(StageMetrics::default()),
     ));
 

@@ -4,7 +4,8 @@
 //! - [`slices`]: the sliced sources (`ImageListExec`, `StagedReadExec` over
 //!   in-memory seeds) that let Ballista split a phase into tasks;
 //! - [`part_write`]: `PartWriteExec`, which writes a task's Parquet parts
-//!   under names taken from its slice and returns a summary row;
+//!   under names taken from its slice and the run's attempt, and returns the
+//!   task's summary;
 //! - [`codec`]: how those operators travel in plans, and the session
 //!   settings all cluster processes share;
 //! - [`scheduler`] and [`executor`]: the `verger scheduler` and
@@ -22,7 +23,7 @@ pub mod part_write;
 pub mod scheduler;
 pub mod slices;
 
-pub use client::Cluster;
+pub use client::{Cluster, FeaturizeJob};
 pub use executor::{ExecutorOptions, run_executor};
-pub use part_write::TaskSummary;
+pub use part_write::{StagingSpec, WorkerInfo};
 pub use scheduler::{SchedulerOptions, run_scheduler};

@@ -37,7 +37,7 @@ pub struct SchedulerOptions {
 pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
     let session_builder: SessionBuilder = Arc::new(|config: SessionConfig| {
         let mut state = ballista_core::utils::default_session_builder(config)?;
-        verger_engine::register_planning_functions(&mut state)?;
+        verger_datafusion::register_planning_functions(&mut state)?;
         Ok(state)
     });
     let external_host = options.external_host.clone().unwrap_or_else(|| {

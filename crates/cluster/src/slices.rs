@@ -7,9 +7,12 @@
 //! slice number from the seed row, never from the partition index (after
 //! Ballista narrows a task's plan, partition 0 of a task may be slice 5):
 //!
-//! - [`ImageListExec`]: lists the input and keeps the images whose key hashes
-//!   to its slice, so each slice is the same set of images in every attempt;
-//! - [`StagedReadExec`]: reads back the staged features that slice wrote.
+//! - [`ImageListExec`]: lists the input and keeps the images whose path
+//!   hashes to its slice, so each slice is the same set of images in every
+//!   attempt, minus the ones the output's checkpoints already hold (an
+//!   interrupted run, or rows carried by `--incremental`);
+//! - [`StagedReadExec`]: reads back the staged features whose file name
+//!   hashes to its slice (every staged file belongs to exactly one slice).
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,7 +38,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use verger_output::{FEATURES_DIR, STAGING_DIR, staged_features_schema};
+use verger_output::{DoneWork, STAGED_FEATURES_DIR, staged_features_schema};
 use verger_store::{Location, NameFilter};
 
 /// The column every sliced operator adds: which slice a row belongs to.
@@ -52,9 +55,9 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// The slice an object key belongs to, out of `slices`.
-pub fn slice_of(key: &str, slices: u32) -> u32 {
-    (fnv1a(key.as_bytes()) % u64::from(slices.max(1))) as u32
+/// The slice a path (or a staged file's name) belongs to, out of `slices`.
+pub fn slice_of(path: &str, slices: u32) -> u32 {
+    (fnv1a(path.as_bytes()) % u64::from(slices.max(1))) as u32
 }
 
 fn seed_schema() -> SchemaRef {
@@ -138,6 +141,16 @@ pub struct ImageListSpec {
     pub root: String,
     pub glob: String,
     pub batch_size: usize,
+    /// The run's output: its checkpoints say which images are already done.
+    pub output: String,
+    /// This run's attempt id: checkpoints carrying it were written by this
+    /// very run (a task run twice), so they are rewritten, not skipped.
+    pub attempt: String,
+}
+
+/// Whether a checkpoint file was written by the run attempt `attempt`.
+pub fn written_by_attempt(file_name: &str, attempt: &str) -> bool {
+    file_name.contains(&format!("-{attempt}-"))
 }
 
 /// Seeds in, `images` rows of the seed's slice out (plus `slice`).
@@ -152,7 +165,7 @@ pub struct ImageListExec {
 impl ImageListExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, spec: ImageListSpec) -> Result<Self> {
         NameFilter::new(&spec.glob).map_err(external)?;
-        let schema = with_slice_column(&verger_engine::image_table_schema());
+        let schema = with_slice_column(&verger_datafusion::image_table_schema());
         let properties = properties_over(&input, schema.clone());
         Ok(ImageListExec {
             input,
@@ -217,35 +230,34 @@ impl ExecutionPlan for ImageListExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let seeds = self.input.execute(partition, context)?;
-        let spec = self.spec.clone();
+        let spec = Arc::new(self.spec.clone());
         let schema = self.schema.clone();
-        let location = Location::parse(&spec.root).map_err(external)?;
+        let input = Location::parse(&spec.root).map_err(external)?;
+        let output = Location::parse(&spec.output).map_err(external)?;
         let filter = NameFilter::new(&spec.glob).map_err(external)?;
         let batches = seeds
             .map(|batch| batch.and_then(|b| seed_rows(&b)))
             .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok::<_, DataFusionError>)))
             .try_flatten()
             .map_ok(move |(slice, of)| {
-                let schema = schema.clone();
-                verger_store::list_images(&location, &filter)
-                    .try_filter(move |image| {
-                        futures::future::ready(slice_of(image.key.as_ref(), of) == slice)
-                    })
-                    .chunks(spec.batch_size.max(1))
-                    .map(move |chunk| {
-                        let images = chunk
-                            .into_iter()
-                            .collect::<std::result::Result<Vec<_>, _>>()
-                            .map_err(external)?;
-                        verger_engine::metrics::record_in_task(|m| {
-                            m.listed.fetch_add(
-                                images.len() as u64,
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
-                        });
-                        let batch = verger_engine::image_table::images_batch(&images)?;
-                        append_slice(batch, &schema, slice)
-                    })
+                let (input, filter, schema, spec) =
+                    (input.clone(), filter.clone(), schema.clone(), spec.clone());
+                let output = output.clone();
+                verger_datafusion::metrics::record_in_task(|m| {
+                    let _first_seed_only = m.slice.set(slice);
+                });
+                futures::stream::once(async move {
+                    let attempt = spec.attempt.clone();
+                    let done = DoneWork::read_where(
+                        &output,
+                        &|file| !written_by_attempt(file, &attempt),
+                        &|path| slice_of(path, of) == slice,
+                    )
+                    .await
+                    .map_err(external)?;
+                    Ok::<_, DataFusionError>(slice_images(input, filter, spec, schema, slice, of, done))
+                })
+                .try_flatten()
             })
             .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -255,6 +267,46 @@ impl ExecutionPlan for ImageListExec {
     }
 }
 
+/// The images of one slice not in `done`, in batches (the skipped ones
+/// counted as listed and skipped in the task's metrics).
+fn slice_images(
+    input: Location,
+    filter: NameFilter,
+    spec: Arc<ImageListSpec>,
+    schema: SchemaRef,
+    slice: u32,
+    of: u32,
+    done: DoneWork,
+) -> impl futures::Stream<Item = Result<RecordBatch>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    verger_store::list_images(&input, &filter)
+        .try_filter(move |image| {
+            let keep = slice_of(&image.path, of) == slice && {
+                let is_done = done.paths.contains(&image.path);
+                if is_done {
+                    verger_datafusion::metrics::record_in_task(|m| {
+                        m.listed.fetch_add(1, Relaxed);
+                        m.skipped.fetch_add(1, Relaxed);
+                    });
+                }
+                !is_done
+            };
+            futures::future::ready(keep)
+        })
+        .chunks(spec.batch_size.max(1))
+        .map(move |chunk| {
+            let images = chunk
+                .into_iter()
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(external)?;
+            verger_datafusion::metrics::record_in_task(|m| {
+                m.listed.fetch_add(images.len() as u64, Relaxed);
+            });
+            let batch = verger_datafusion::image_table::images_batch(&images)?;
+            append_slice(batch, &schema, slice)
+        })
+}
+
 /// What a [`StagedReadExec`] needs; it travels in the plan as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StagedReadSpec {
@@ -262,17 +314,12 @@ pub struct StagedReadSpec {
     pub output: String,
 }
 
-/// The staging folder, relative to the output.
-pub fn staging_dir() -> String {
-    format!("{STAGING_DIR}/{FEATURES_DIR}")
+/// The file-name prefix of one slice's staged parts in one run attempt.
+pub fn slice_prefix(slice: u32, attempt: &str) -> String {
+    format!("slice-{slice:04}-{attempt}")
 }
 
-/// The file-name prefix of one slice's staged parts.
-pub fn slice_prefix(slice: u32) -> String {
-    format!("slice-{slice:04}")
-}
-
-/// Seeds in, the staged `(path, label, features)` rows of the seed's slice
+/// Seeds in, the staged rows of the files that hash to the seed's slice
 /// out (plus `slice`).
 #[derive(Debug)]
 pub struct StagedReadExec {
@@ -351,10 +398,13 @@ impl ExecutionPlan for StagedReadExec {
             .map(|batch| batch.and_then(|b| seed_rows(&b)))
             .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok::<_, DataFusionError>)))
             .try_flatten()
-            .map_ok(move |(slice, _of)| {
+            .map_ok(move |(slice, of)| {
+                verger_datafusion::metrics::record_in_task(|m| {
+                    let _first_seed_only = m.slice.set(slice);
+                });
                 let location = location.clone();
                 let schema = schema.clone();
-                futures::stream::once(staged_files(location.clone(), slice))
+                futures::stream::once(staged_files(location.clone(), slice, of))
                     .map_ok(move |files| {
                         futures::stream::iter(files.into_iter().map(Ok::<_, DataFusionError>))
                             .map_ok({
@@ -377,36 +427,35 @@ impl ExecutionPlan for StagedReadExec {
     }
 }
 
-/// The staged parts one slice wrote, in name order.
-async fn staged_files(location: Location, slice: u32) -> Result<Vec<object_store::path::Path>> {
-    let prefix = format!("{}-", slice_prefix(slice));
-    let mut files: Vec<_> = location
-        .list_keys(&staging_dir())
+/// The staged parts that belong to one slice (by the hash of their file
+/// name, whoever wrote them), in name order.
+async fn staged_files(
+    location: Location,
+    slice: u32,
+    of: u32,
+) -> Result<Vec<object_store::path::Path>> {
+    let files = verger_output::list_parquet(&location, STAGED_FEATURES_DIR)
         .await
-        .map_err(external)?
+        .map_err(external)?;
+    Ok(files
         .into_iter()
-        .filter(|key| key.filename().is_some_and(|name| name.starts_with(&prefix)))
-        .collect();
-    files.sort();
-    Ok(files)
+        .filter(|key| key.filename().is_some_and(|name| slice_of(name, of) == slice))
+        .collect())
 }
 
-/// Streams one Parquet file's batches, with the staged schema.
+/// Streams one staged part's batches, with the staged schema.
 fn read_parquet(
     location: Location,
     key: object_store::path::Path,
 ) -> impl futures::Stream<Item = Result<RecordBatch>> {
     futures::stream::once(async move {
-        // Deprecated in parquet 59 in favour of hand-written readers; it is
-        // still the maintained object_store adapter and does exactly this.
-        #[allow(deprecated)]
-        let reader =
-            parquet::arrow::async_reader::ParquetObjectReader::new(location.store().clone(), key);
-        let stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(reader)
-            .await?
-            .build()?;
-        Ok::<_, DataFusionError>(stream.map(|batch| {
-            let batch = batch?;
+        let schema = staged_features_schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let stream = verger_output::read_columns(&location, &key, &names)
+            .await
+            .map_err(external)?;
+        Ok::<_, DataFusionError>(stream.map(move |batch| {
+            let batch = batch.map_err(external)?;
             Ok(RecordBatch::try_new(
                 staged_features_schema(),
                 batch.columns().to_vec(),
@@ -436,7 +485,7 @@ enum SlicedSource {
 impl SlicedTable {
     pub fn images(spec: ImageListSpec, slices: u32) -> Self {
         SlicedTable {
-            schema: with_slice_column(&verger_engine::image_table_schema()),
+            schema: with_slice_column(&verger_datafusion::image_table_schema()),
             slices,
             only: None,
             source: SlicedSource::Images(spec),
@@ -521,7 +570,7 @@ mod tests {
         let slices = 8;
         let mut counts = vec![0; slices as usize];
         for i in 0..4000 {
-            let slice = slice_of(&format!("Training/apple_{}/r0_{i}.jpg", i % 24), slices);
+            let slice = slice_of(&format!("s3://b/Training/apple_{}/r0_{i}.jpg", i % 24), slices);
             counts[slice as usize] += 1;
         }
         assert_eq!(counts.iter().sum::<i32>(), 4000);

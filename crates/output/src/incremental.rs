@@ -17,14 +17,14 @@ use arrow::array::{
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, SchemaRef, UInt64Type};
 use futures::StreamExt;
-use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
-use verger_store::Location;
+use verger_store::{Location, ObjectKey};
 
+use crate::documents::JobIdentity;
+use crate::schema::{staged_errors_schema, staged_features_schema};
 use crate::{
-    ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, OutputError, PartWriter, SUCCESS_FILE,
-    staged_errors_dir, staged_errors_schema, staged_features_dir, staged_features_schema,
+    ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, JOB_FILE, OutputError, PartWriter,
+    STAGED_ERRORS_DIR, STAGED_FEATURES_DIR, SUCCESS_FILE, list_parquet, read_columns,
 };
-
 /// Which version of a file a row was made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileVersion {
@@ -50,7 +50,7 @@ pub async fn read_inventory(
     location: &Location,
 ) -> Result<HashMap<String, FileVersion>, OutputError> {
     let mut inventory = HashMap::new();
-    let files = parquet_files(location, INVENTORY_DIR).await?;
+    let files = list_parquet(location, INVENTORY_DIR).await?;
     if files.is_empty() {
         return Err(OutputError::Resume {
             location: location.display_root().to_string(),
@@ -61,7 +61,8 @@ pub async fn read_inventory(
         });
     }
     for key in files {
-        let mut batches = read_columns(location, &key, &[0, 1, 2, 3]).await?;
+        let columns = ["path", "size", "last_modified_ms", "e_tag"];
+        let mut batches = read_columns(location, &key, &columns).await?;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             let paths = batch.column(0).as_string::<i32>();
@@ -96,24 +97,20 @@ pub struct Carried {
 /// last (a kill at any point leaves something `--resume` can finish).
 pub async fn carry_unchanged(
     location: &Location,
-    job: &crate::JobIdentity,
+    job: &JobIdentity,
     unchanged: &HashMap<String, FileVersion>,
     checkpoint_every: usize,
 ) -> Result<Carried, OutputError> {
     location.delete(&location.key(SUCCESS_FILE)).await?;
-    let text = serde_json::to_vec_pretty(job).map_err(|e| OutputError::Encode {
-        file: crate::job_file(),
-        reason: e.to_string(),
-    })?;
-    location.write(&crate::job_file(), text).await?;
+    crate::commit::write_json(location, JOB_FILE, job).await?;
     // Earlier staging (a carry that was itself interrupted) is redone whole.
-    location.delete_all(&staged_features_dir()).await?;
-    location.delete_all(&staged_errors_dir()).await?;
+    location.delete_all(STAGED_FEATURES_DIR).await?;
+    location.delete_all(STAGED_ERRORS_DIR).await?;
     let features = carry(
         location,
         FEATURES_DIR,
-        &staged_features_dir(),
-        &[0, 1, 2],
+        STAGED_FEATURES_DIR,
+        &["path", "label", "features"],
         staged_features_schema(),
         unchanged,
         checkpoint_every,
@@ -122,8 +119,8 @@ pub async fn carry_unchanged(
     let errors = carry(
         location,
         ERRORS_DIR,
-        &staged_errors_dir(),
-        &[0, 1, 2, 3],
+        STAGED_ERRORS_DIR,
+        &["path", "label", "stage", "kind", "reason"],
         staged_errors_schema(),
         unchanged,
         checkpoint_every,
@@ -139,7 +136,7 @@ async fn carry(
     location: &Location,
     from: &str,
     to: &str,
-    columns: &[usize],
+    columns: &[&str],
     schema: SchemaRef,
     unchanged: &HashMap<String, FileVersion>,
     checkpoint_every: usize,
@@ -147,7 +144,7 @@ async fn carry(
     let mut writer =
         PartWriter::new(location, to, "carried", schema.clone()).checkpoint_every(checkpoint_every);
     let mut seen: HashSet<String> = HashSet::new();
-    for key in parquet_files(location, from).await? {
+    for key in list_parquet(location, from).await? {
         let mut batches = read_columns(location, &key, columns).await?;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
@@ -182,91 +179,10 @@ async fn carry(
     Ok(writer.finish().await?.rows)
 }
 
-fn arrow_error(key: &object_store::path::Path, e: arrow::error::ArrowError) -> OutputError {
+fn arrow_error(key: &ObjectKey, e: arrow::error::ArrowError) -> OutputError {
     OutputError::Parquet {
         target: key.to_string(),
         reason: e.to_string(),
     }
 }
 
-async fn parquet_files(
-    location: &Location,
-    dir: &str,
-) -> Result<Vec<object_store::path::Path>, OutputError> {
-    let mut keys = location.list_keys(dir).await?;
-    keys.retain(|k| k.as_ref().ends_with(".parquet"));
-    keys.sort();
-    Ok(keys)
-}
-
-/// The batches of one Parquet file, only the given top-level columns.
-pub(crate) async fn read_columns(
-    location: &Location,
-    key: &object_store::path::Path,
-    columns: &[usize],
-) -> Result<impl futures::Stream<Item = Result<RecordBatch, OutputError>> + use<>, OutputError> {
-    read_projected(location, key, &|_, parquet| {
-        Ok(ProjectionMask::roots(parquet, columns.iter().copied()))
-    })
-    .await
-}
-
-/// The batches of one Parquet file of an output, only the named top-level
-/// columns (in the file's order). A missing column is an error naming it.
-pub async fn read_named_columns(
-    location: &Location,
-    key: &object_store::path::Path,
-    names: &[&str],
-) -> Result<impl futures::Stream<Item = Result<RecordBatch, OutputError>> + use<>, OutputError> {
-    read_projected(location, key, &|schema, parquet| {
-        let indices = names
-            .iter()
-            .map(|name| {
-                schema
-                    .index_of(name)
-                    .map_err(|_| format!("no column {name:?} (is this a verger output?)"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ProjectionMask::roots(parquet, indices))
-    })
-    .await
-}
-
-async fn read_projected(
-    location: &Location,
-    key: &object_store::path::Path,
-    project: &dyn Fn(
-        &arrow::datatypes::SchemaRef,
-        &parquet::schema::types::SchemaDescriptor,
-    ) -> Result<ProjectionMask, String>,
-) -> Result<impl futures::Stream<Item = Result<RecordBatch, OutputError>> + use<>, OutputError> {
-    let target = location.display_key(key);
-    let parquet_error = {
-        let target = target.clone();
-        move |e: parquet::errors::ParquetError| OutputError::Parquet {
-            target: target.clone(),
-            reason: e.to_string(),
-        }
-    };
-    // Deprecated in parquet 59 in favour of hand-written readers; it is
-    // still the maintained object_store adapter and does exactly this.
-    #[allow(deprecated)]
-    let reader = parquet::arrow::async_reader::ParquetObjectReader::new(
-        location.store().clone(),
-        key.clone(),
-    );
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(&parquet_error)?;
-    let mask = project(builder.schema(), builder.parquet_schema()).map_err(|reason| {
-        OutputError::Parquet {
-            target: target.clone(),
-            reason,
-        }
-    })?;
-    let stream = builder
-        .with_projection(mask)
-        .build()
-        .map_err(&parquet_error)?;
-    Ok(stream.map(move |batch| batch.map_err(&parquet_error)))
-}

@@ -1,61 +1,35 @@
-//! Picking up an interrupted run where it stopped.
+//! Picking up an interrupted run where it stopped: the one resume protocol,
+//! for embedded and cluster runs alike.
 //!
 //! A run writes `_staging/job.json` (what it was started with) before any
 //! work, and its phase-1 results as small Parquet checkpoints: staged
-//! features under `_staging/features/` and failures under `_staging/errors/`. Each
-//! checkpoint becomes visible only once complete (a local rename, an S3
+//! features under `_staging/features/` and failures under `_staging/errors/`.
+//! Each checkpoint becomes visible only once complete (a local rename, an S3
 //! PUT or multipart completion), so after a kill every visible file is
 //! whole, and the paths they hold are exactly the work that is done.
+//!
+//! [`find_resume_point`] checks that an output is an interrupted run of the
+//! same job and clears what the later phases wrote; [`DoneWork`] is what its
+//! checkpoints hold. Phase 1 then lists the input as usual and skips the
+//! done paths (a cluster slice reads the done paths of its own slice with
+//! [`DoneWork::read_where`]).
 
 use std::collections::HashSet;
 
 use arrow::array::AsArray;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use verger_store::Location;
 
-use crate::{ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, OutputError, STAGING_DIR, SUCCESS_FILE};
-
-/// `_staging/job.json`, relative to the output.
-pub fn job_file() -> String {
-    format!("{STAGING_DIR}/job.json")
-}
-
-/// What decides the content of a run's rows: a resume must match it, or
-/// it would mix two different jobs in one output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobIdentity {
-    pub input: String,
-    pub glob: String,
-    pub model_sha256: String,
-    pub max_pixels: u64,
-}
-
-impl JobIdentity {
-    /// The fields that differ, as `name: was → now`.
-    fn differences(&self, now: &JobIdentity) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut check = |name: &str, was: &str, is: &str| {
-            if was != is {
-                out.push(format!("{name}: {was} → {is}"));
-            }
-        };
-        check("input", &self.input, &now.input);
-        check("glob", &self.glob, &now.glob);
-        check("model sha256", &self.model_sha256, &now.model_sha256);
-        check(
-            "max pixels",
-            &self.max_pixels.to_string(),
-            &now.max_pixels.to_string(),
-        );
-        out
-    }
-}
+use crate::documents::{JobIdentity, decode_json};
+use crate::{
+    ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, JOB_FILE, OutputError, PCA_MODEL_FILE, RUN_FILE,
+    STAGED_ERRORS_DIR, STAGED_FEATURES_DIR, STAGING_DIR, SUCCESS_FILE, list_parquet, read_columns,
+};
 
 /// The work an interrupted run left behind.
 #[derive(Debug, Default)]
 pub struct DoneWork {
-    /// Paths with a row in the staged features or in `errors/`.
+    /// Paths with a row in the staged features or the staged errors.
     pub paths: HashSet<String>,
     pub staged_rows: u64,
     pub error_rows: u64,
@@ -66,13 +40,32 @@ impl DoneWork {
     /// Reads the `path` column of every checkpoint. A path recorded twice
     /// would mean a duplicate row: that is refused, not hidden.
     pub async fn read(location: &Location) -> Result<Self, OutputError> {
+        Self::read_where(location, &|_| true, &|_| true).await
+    }
+
+    /// Like [`DoneWork::read`], only the checkpoint files whose name passes
+    /// `file` and the paths that pass `path` (a cluster slice's own share).
+    pub async fn read_where(
+        location: &Location,
+        file: &(dyn Fn(&str) -> bool + Sync),
+        path: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Self, OutputError> {
         let mut done = DoneWork::default();
-        for (dir, is_error) in [(staged_features_dir(), false), (staged_errors_dir(), true)] {
-            let mut keys = location.list_keys(&dir).await?;
-            keys.retain(|k| k.as_ref().ends_with(".parquet"));
-            keys.sort();
-            for key in keys {
-                let rows = read_paths(location, &key, &mut done.paths).await?;
+        for (dir, is_error) in [(STAGED_FEATURES_DIR, false), (STAGED_ERRORS_DIR, true)] {
+            for key in list_parquet(location, dir).await? {
+                if !key.filename().is_some_and(file) {
+                    continue;
+                }
+                let mut batches = read_columns(location, &key, &["path"]).await?;
+                let mut rows = 0;
+                while let Some(batch) = batches.next().await {
+                    for p in batch?.column(0).as_string::<i32>().iter().flatten() {
+                        if path(p) {
+                            rows += 1;
+                            done.paths.insert(p.to_string());
+                        }
+                    }
+                }
                 done.checkpoints += 1;
                 if is_error {
                     done.error_rows += rows;
@@ -94,23 +87,10 @@ impl DoneWork {
         }
         Ok(done)
     }
-}
 
-async fn read_paths(
-    location: &Location,
-    key: &object_store::path::Path,
-    paths: &mut HashSet<String>,
-) -> Result<u64, OutputError> {
-    let mut batches = crate::incremental::read_columns(location, key, &[0]).await?;
-    let mut rows = 0;
-    while let Some(batch) = batches.next().await {
-        let batch = batch?;
-        for path in batch.column(0).as_string::<i32>().iter().flatten() {
-            paths.insert(path.to_string());
-        }
-        rows += batch.num_rows() as u64;
+    pub fn rows(&self) -> u64 {
+        self.staged_rows + self.error_rows
     }
-    Ok(rows)
 }
 
 /// Removes what a run writes after its checkpoints (the final tables and
@@ -119,20 +99,10 @@ pub async fn clear_results(location: &Location) -> Result<(), OutputError> {
     for dir in [FEATURES_DIR, ERRORS_DIR, INVENTORY_DIR] {
         location.delete_all(dir).await?;
     }
-    for file in [crate::PCA_MODEL_FILE, crate::RUN_FILE] {
+    for file in [PCA_MODEL_FILE, RUN_FILE] {
         location.delete(&location.key(file)).await?;
     }
     Ok(())
-}
-
-/// `_staging/features`: staged feature checkpoints.
-pub fn staged_features_dir() -> String {
-    format!("{STAGING_DIR}/{FEATURES_DIR}")
-}
-
-/// `_staging/errors`: staged failure checkpoints.
-pub fn staged_errors_dir() -> String {
-    format!("{STAGING_DIR}/{ERRORS_DIR}")
 }
 
 /// What `--resume` found at the output.
@@ -166,20 +136,14 @@ pub async fn find_resume_point(
                 .into(),
         ));
     }
-    if !location.exists(&job_file()).await? {
+    if !location.exists(JOB_FILE).await? {
         return Err(refuse(format!(
-            "it holds files but no {}: it is not an interrupted verger run; \
-             use --overwrite to replace it",
-            job_file()
+            "it holds files but no {JOB_FILE}: it is not an interrupted verger run"
         )));
     }
-    let text = location.read(&location.key(&job_file())).await?;
-    let previous: JobIdentity = serde_json::from_slice(&text).map_err(|e| {
-        refuse(format!(
-            "{} is unreadable ({e}); use --overwrite",
-            job_file()
-        ))
-    })?;
+    let key = location.key(JOB_FILE);
+    let previous: JobIdentity = decode_json(&location.read(&key).await?, &location.display_key(&key))
+        .map_err(|e| refuse(format!("{e}; use --overwrite")))?;
     let differences = previous.differences(job);
     if !differences.is_empty() {
         return Err(refuse(format!(
@@ -190,4 +154,101 @@ pub async fn find_resume_point(
     }
     clear_results(location).await?;
     Ok(ResumePoint::Interrupted(DoneWork::read(location).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::FailureKind;
+    use crate::staging::{ErrorBudget, StagingWriter};
+
+    fn job() -> JobIdentity {
+        JobIdentity {
+            input: "/in".into(),
+            glob: "*.jpg".into(),
+            model_sha256: "abc".into(),
+            max_pixels: 100,
+        }
+    }
+
+    async fn stage(location: &Location, task: &str, rows: &[(&str, Option<FailureKind>)]) {
+        let mut writer = StagingWriter::new(location, task, 2);
+        let batch = crate::staging::tests::featurized(rows);
+        writer.write(&batch, &ErrorBudget::default()).await.unwrap();
+        writer.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_empty_output_is_a_fresh_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
+        let point = find_resume_point(&location, &job()).await.unwrap();
+        assert!(matches!(point, ResumePoint::Fresh));
+    }
+
+    #[tokio::test]
+    async fn a_resume_reads_the_done_paths_and_clears_later_phases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
+        crate::commit::write_json(&location, JOB_FILE, &job()).await.unwrap();
+        stage(&location, "part-000-a", &[("x/1", None), ("x/2", None), ("x/3", None)]).await;
+        stage(&location, "slice-0001-a", &[("x/4", Some(FailureKind::Empty))]).await;
+        location.write("features/part-000-0000.parquet", b"half".to_vec()).await.unwrap();
+        location.write("run.json", b"{}".to_vec()).await.unwrap();
+
+        let ResumePoint::Interrupted(done) = find_resume_point(&location, &job()).await.unwrap()
+        else {
+            panic!("an interrupted run");
+        };
+        assert_eq!((done.staged_rows, done.error_rows, done.rows()), (3, 1, 4));
+        assert_eq!(done.checkpoints, 3, "3 rows in parts of 2, plus 1 error part");
+        assert!(done.paths.contains("x/4"));
+        assert!(!tmp.path().join("features").exists(), "phase 3 is redone");
+        assert!(!tmp.path().join("run.json").exists());
+
+        let slice = DoneWork::read_where(&location, &|name| name.starts_with("slice-0001-"), &|_| true)
+            .await
+            .unwrap();
+        assert_eq!((slice.staged_rows, slice.error_rows), (0, 1));
+        let odd = DoneWork::read_where(&location, &|_| true, &|p| p.ends_with('3'))
+            .await
+            .unwrap();
+        assert_eq!(odd.paths.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resume_with_other_settings_names_the_difference() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
+        crate::commit::write_json(&location, JOB_FILE, &job()).await.unwrap();
+        let mut other = job();
+        other.glob = "*.png".into();
+        let err = find_resume_point(&location, &other).await.unwrap_err().to_string();
+        assert!(err.contains("glob: *.jpg → *.png"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_completed_or_foreign_output_is_not_resumed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
+        location.write("notes.txt", b"mine".to_vec()).await.unwrap();
+        let err = find_resume_point(&location, &job()).await.unwrap_err().to_string();
+        assert!(err.contains("not an interrupted verger run"), "{err}");
+
+        location.write(SUCCESS_FILE, Vec::<u8>::new()).await.unwrap();
+        stage(&location, "part-000-a", &[("x/1", None)]).await;
+        let err = find_resume_point(&location, &job()).await.unwrap_err().to_string();
+        assert!(err.contains("already completed"), "{err}");
+        assert!(!tmp.path().join("_staging").exists(), "leftover staging is cleared");
+    }
+
+    #[tokio::test]
+    async fn a_path_held_twice_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
+        stage(&location, "part-000-a", &[("x/1", None)]).await;
+        stage(&location, "part-001-b", &[("x/1", Some(FailureKind::Corrupt))]).await;
+        let err = DoneWork::read(&location).await.unwrap_err().to_string();
+        assert!(err.contains("2 rows for 1 distinct images"), "{err}");
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use verger_cluster::part_write::slice_markers_dir;
 use verger_cluster::{Cluster, TaskSummary};
-use verger_engine::StageTimes;
+use verger_datafusion::StageTimes;
 use verger_output::{
     ERRORS_DIR, JobIdentity, OutputDir, PCA_MODEL_FILE, PartWriter, RUN_FILE, SUCCESS_FILE,
     errors_schema, job_file,

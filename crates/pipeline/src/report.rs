@@ -1,7 +1,7 @@
 //! `run.json`: what a run did, for people and for the next tools.
 
 use serde::Serialize;
-use verger_engine::StageTimes;
+use verger_datafusion::StageTimes;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {

@@ -15,7 +15,7 @@ use datafusion::logical_expr::Partitioning;
 use datafusion::physical_plan::execute_stream_partitioned;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, col, lit};
 use futures::StreamExt;
-use verger_engine::{FeaturizeContext, ImageTable, StageMetrics};
+use verger_datafusion::{FeaturizeContext, ImageTable, StageMetrics};
 use verger_image::PreprocessConfig;
 use verger_model::{EngineChoice, EngineConfig, SharedModel};
 use verger_output::{DoneWork, FileVersion, JobIdentity, ResumePoint, find_resume_point, job_file};
@@ -190,7 +190,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
     ));
     featurize.add_location(input.clone());
     let ctx = session(config, &output_location)?;
-    verger_engine::register_functions(&ctx, featurize);
+    verger_datafusion::register_functions(&ctx, featurize);
     let mut table = ImageTable::new(
         input.clone(),
         filter.clone(),
@@ -264,7 +264,7 @@ pub async fn run(config: &RunConfig) -> Result<RunReport> {
         col("path"),
         col("label"),
         col("features"),
-        ctx.udf(verger_engine::PcaProjectUdf::NAME)?
+        ctx.udf(verger_datafusion::PcaProjectUdf::NAME)?
             .call(vec![col("features"), lit(model_json)])
             .alias("pca"),
     ])?;
@@ -488,7 +488,7 @@ async fn featurize_phase(
     output: &OutputDir,
     errors_before: u64,
 ) -> Result<(u64, u64)> {
-    let featurize = ctx.udf(verger_engine::FeaturizeUdf::NAME)?;
+    let featurize = ctx.udf(verger_datafusion::FeaturizeUdf::NAME)?;
     let frame = ctx
         .table("images")
         .await?
@@ -646,7 +646,7 @@ async fn write_errors(
 }
 
 async fn fit_stats(ctx: &SessionContext, staged: DataFrame) -> Result<verger_pca::PcaStats> {
-    let pca_fit = ctx.udaf(verger_engine::PcaFitUdaf::NAME)?;
+    let pca_fit = ctx.udaf(verger_datafusion::PcaFitUdaf::NAME)?;
     let batches = staged
         .aggregate(
             vec![],

@@ -25,7 +25,7 @@ mod listing;
 mod location;
 
 pub use listing::{ListedImage, NameFilter, list_images};
-pub use location::{Location, StoreKind};
+pub use location::{Deleted, Location, StoreKind};
 pub use object_store;
 pub use object_store::path::Path as ObjectKey;
 
@@ -41,6 +41,8 @@ pub enum StoreError {
     MissingFolder(String),
     #[error("invalid --glob pattern {pattern:?}: {reason}")]
     InvalidGlob { pattern: String, reason: String },
+    #[error("cannot read {target}: object not found (deleted after listing?)")]
+    NotFound { target: String },
     #[error("cannot {action} {target}: {reason}")]
     Access {
         action: &'static str,

@@ -336,6 +336,11 @@ impl Location {
                     tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                     attempt += 1;
                 }
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(StoreError::NotFound {
+                        target: self.display_key(key),
+                    });
+                }
                 Err(e) => return Err(StoreError::access("read", self.display_key(key), e)),
             }
         }
@@ -376,7 +381,27 @@ impl Location {
             .map_err(|e| StoreError::access("list", self.display_root.clone(), e))
     }
 
+    /// Deletes one object. Locally, a file reached through a symlinked
+    /// folder (its real path is outside this location) is left alone.
     pub async fn delete(&self, key: &Path) -> Result<(), StoreError> {
+        if let Some(local) = &self.local {
+            let Some(file) = self.local_file_inside(local, key)? else {
+                tracing::warn!(
+                    file = %self.display_key(key),
+                    "not deleted: it lies outside the folder (reached through a symlink)"
+                );
+                return Ok(());
+            };
+            return match std::fs::remove_file(&file) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::Access {
+                    action: "delete",
+                    target: file.display().to_string(),
+                    reason: e.to_string(),
+                }),
+            };
+        }
         let mut attempt = 1;
         loop {
             match self.store.delete(key).await {
@@ -390,34 +415,275 @@ impl Location {
         }
     }
 
-    /// Deletes everything under `relative`, then (locally) the empty folders.
-    pub async fn delete_all(&self, relative: &str) -> Result<usize, StoreError> {
-        let keys = self.list_keys(relative).await?;
-        for key in &keys {
-            self.delete(key).await?;
+    /// The file behind `key` when it really lies inside this (local)
+    /// location: `None` when a symlinked folder on the way leads elsewhere.
+    fn local_file_inside(
+        &self,
+        local: &LocalFileSystem,
+        key: &Path,
+    ) -> Result<Option<std::path::PathBuf>, StoreError> {
+        let file = local
+            .path_to_filesystem(key)
+            .map_err(|e| StoreError::access("resolve", self.display_key(key), e))?;
+        let Some(parent) = file.parent() else {
+            return Ok(None);
+        };
+        match std::fs::canonicalize(parent) {
+            Ok(parent) if parent.starts_with(&self.display_root) => Ok(Some(file)),
+            Ok(_) => Ok(None),
+            // A folder that does not exist holds nothing to delete.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(file)),
+            Err(e) => Err(StoreError::Access {
+                action: "resolve",
+                target: parent.display().to_string(),
+                reason: e.to_string(),
+            }),
         }
-        if self.kind == StoreKind::Local {
+    }
+
+    /// Deletes everything under `relative` (which must not be empty: a
+    /// location is never wiped whole).
+    ///
+    /// On S3 the keys go out in bulk-delete requests (up to 1,000 keys
+    /// each). Locally the folder is walked without following symlinks: a
+    /// symlink (to a file or a folder) is never followed nor removed, and is
+    /// reported in [`Deleted::left`], so nothing outside the folder can be
+    /// reached; emptied folders are removed.
+    pub async fn delete_all(&self, relative: &str) -> Result<Deleted, StoreError> {
+        let relative = relative.trim_matches('/');
+        if relative.is_empty() {
+            return Err(StoreError::InvalidLocation {
+                location: self.display_root.clone(),
+                reason: "refusing to delete a whole location".into(),
+            });
+        }
+        if self.local.is_some() {
             let dir = std::path::Path::new(&self.display_root).join(relative);
-            remove_empty_dirs(&dir);
-            if !relative.is_empty() {
-                let _ = std::fs::remove_dir(&dir);
+            let mut deleted = Deleted::default();
+            remove_tree_local(std::path::Path::new(&self.display_root), &dir, &mut deleted)?;
+            return Ok(deleted);
+        }
+        let keys = self.list_keys(relative).await?;
+        let removed = keys.len();
+        for chunk in keys.chunks(BULK_DELETE_KEYS) {
+            self.delete_bulk(chunk).await?;
+        }
+        Ok(Deleted {
+            removed,
+            left: Vec::new(),
+        })
+    }
+
+    /// One bulk-delete request, repeated when the connection broke under it
+    /// (object_store does not retry the POST; deleting twice is harmless).
+    async fn delete_bulk(&self, keys: &[Path]) -> Result<(), StoreError> {
+        use futures::StreamExt;
+        let mut attempt = 1;
+        loop {
+            let input = futures::stream::iter(keys.to_vec().into_iter().map(Ok)).boxed();
+            let outcomes: Vec<object_store::Result<Path>> =
+                self.store.delete_stream(input).collect().await;
+            let failure = outcomes
+                .into_iter()
+                .filter_map(Result::err)
+                .find(|e| !matches!(e, object_store::Error::NotFound { .. }));
+            match failure {
+                None => return Ok(()),
+                Some(e) if attempt < DELETE_ATTEMPTS && interrupted(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                Some(e) => return Err(StoreError::access("delete", self.display_root.clone(), e)),
             }
+        }
+    }
+
+    /// Makes the given objects durable before anything that vouches for them
+    /// is written. Locally: `fsync` of each file and of every folder on the
+    /// way up to the root (a rename or a new file is only durable once its
+    /// folder is). On S3 a completed PUT is already durable: nothing to do.
+    /// Returns how many files were synced.
+    pub fn sync_local(&self, keys: &[Path]) -> Result<usize, StoreError> {
+        let Some(local) = &self.local else {
+            return Ok(0);
+        };
+        let root = std::path::Path::new(&self.display_root);
+        let mut folders = std::collections::BTreeSet::new();
+        for key in keys {
+            let file = local
+                .path_to_filesystem(key)
+                .map_err(|e| StoreError::access("resolve", self.display_key(key), e))?;
+            fsync(&file)?;
+            let mut folder = file.parent();
+            while let Some(dir) = folder {
+                folders.insert(dir.to_path_buf());
+                if dir == root {
+                    break;
+                }
+                folder = dir.parent();
+            }
+        }
+        // Deepest first, so a folder is synced after the entries it gained.
+        for folder in folders.iter().rev() {
+            fsync(folder)?;
         }
         Ok(keys.len())
     }
-}
 
-fn remove_empty_dirs(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_empty_dirs(&entry.path());
-            // Only empty folders go; anything else stays and is reported by listing.
-            let _ = std::fs::remove_dir(entry.path());
+    /// Whether the two locations share any object: the same place, or one
+    /// inside the other (local folders compared after resolving symlinks, S3
+    /// prefixes compared segment by segment within one bucket).
+    pub fn overlaps(&self, other: &Location) -> bool {
+        match (&self.kind, &other.kind) {
+            (StoreKind::Local, StoreKind::Local) => {
+                let (a, b) = (
+                    std::path::Path::new(&self.display_root),
+                    std::path::Path::new(&other.display_root),
+                );
+                a.starts_with(b) || b.starts_with(a)
+            }
+            (StoreKind::S3 { bucket: a }, StoreKind::S3 { bucket: b }) if a == b => {
+                let (x, y): (Vec<_>, Vec<_>) =
+                    (self.prefix.parts().collect(), other.prefix.parts().collect());
+                x.starts_with(&y) || y.starts_with(&x)
+            }
+            _ => false,
         }
     }
+
+    /// Like [`Location::overlaps`], for a location given as text that may
+    /// not exist yet (nothing is created): a local path is resolved through
+    /// its longest existing ancestor, so symlinks and `..` count.
+    pub fn overlaps_path(&self, other: &str) -> Result<bool, StoreError> {
+        if other.starts_with("s3://") || self.local.is_none() {
+            return match Location::parse(other) {
+                Ok(other) => Ok(self.overlaps(&other)),
+                // A local folder that does not exist yet cannot be an S3 prefix.
+                Err(StoreError::MissingFolder(_)) => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        let resolved = resolve_local(std::path::Path::new(other.trim_start_matches("file://")))
+            .map_err(|e| StoreError::Access {
+                action: "resolve folder",
+                target: other.to_string(),
+                reason: e.to_string(),
+            })?;
+        let root = std::path::Path::new(&self.display_root);
+        Ok(resolved.starts_with(root) || root.starts_with(&resolved))
+    }
+
+    /// A key relative to this location (`features/part-000-0000.parquet`),
+    /// or `None` for a key outside it.
+    pub fn relative(&self, key: &Path) -> Option<String> {
+        let parts: Vec<String> = key
+            .prefix_match(&self.prefix)?
+            .map(|part| part.as_ref().to_string())
+            .collect();
+        Some(parts.join("/"))
+    }
+
+    /// An S3 location at the root of its bucket (`s3://bucket`).
+    pub fn is_bucket_root(&self) -> bool {
+        matches!(self.kind, StoreKind::S3 { .. }) && self.prefix.as_ref().is_empty()
+    }
+}
+
+/// The absolute path a local folder would have: `..` folded, symlinks
+/// resolved along the longest part that exists (nothing is created).
+fn resolve_local(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let absolute = std::path::absolute(path)?;
+    let mut lexical = std::path::PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(resolved) => {
+                let mut out = resolved;
+                out.extend(rest.iter().rev());
+                return Ok(out);
+            }
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent;
+                }
+                _ => return Ok(lexical),
+            },
+        }
+    }
+}
+
+/// Keys per S3 bulk-delete request (the API's maximum).
+const BULK_DELETE_KEYS: usize = 1000;
+
+/// What [`Location::delete_all`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub removed: usize,
+    /// What was left in place because deleting it could reach outside the
+    /// location (symlinks), as paths users see.
+    pub left: Vec<String>,
+}
+
+fn fsync(path: &std::path::Path) -> Result<(), StoreError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Access {
+            action: "sync",
+            target: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// Removes the regular files under `dir` and then the emptied folders,
+/// never following a symlink: `lstat` tells a link from what it points to.
+fn remove_tree_local(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    deleted: &mut Deleted,
+) -> Result<(), StoreError> {
+    let access = |action: &'static str, path: &std::path::Path, e: std::io::Error| {
+        StoreError::Access {
+            action,
+            target: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    };
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(access("inspect", dir, e)),
+    };
+    if meta.file_type().is_symlink() {
+        deleted.left.push(dir.display().to_string());
+        return Ok(());
+    }
+    if meta.is_file() {
+        std::fs::remove_file(dir).map_err(|e| access("delete", dir, e))?;
+        deleted.removed += 1;
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| access("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| access("list", dir, e))?;
+        remove_tree_local(root, &entry.path(), deleted)?;
+    }
+    // Only an emptied folder goes (and never the root itself).
+    if dir != root {
+        let _not_empty = std::fs::remove_dir(dir);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -488,6 +754,84 @@ mod tests {
             source: "Error performing GET http://h/b in 0.1s - Server returned non-2xx status code: 403 Forbidden: ".into(),
         };
         assert!(crate::describe(&err).contains("access denied"));
+    }
+
+    #[test]
+    fn overlapping_locations_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let photos = dir.path().join("photos");
+        std::fs::create_dir_all(photos.join("out")).unwrap();
+        std::fs::create_dir_all(dir.path().join("photos-out")).unwrap();
+        let at = |p: &std::path::Path| Location::parse(p.to_str().unwrap()).unwrap();
+        let input = at(&photos);
+        assert!(input.overlaps(&at(&photos)), "the same folder");
+        assert!(input.overlaps(&at(&photos.join("out"))), "output inside input");
+        assert!(at(&photos.join("out")).overlaps(&input), "input inside output");
+        assert!(input.overlaps(&at(dir.path())), "output is a parent");
+        assert!(
+            !input.overlaps(&at(&dir.path().join("photos-out"))),
+            "a sibling whose name starts the same is not inside"
+        );
+        // A symlink to the input is the input.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&photos, &link).unwrap();
+        assert!(input.overlaps(&at(&link)));
+
+        let s3 = |url: &str| Location::parse(url).unwrap();
+        assert!(s3("s3://b/images").overlaps(&s3("s3://b/images/out")));
+        assert!(s3("s3://b/images/out/").overlaps(&s3("s3://b/images")));
+        assert!(s3("s3://b").overlaps(&s3("s3://b/images")));
+        assert!(!s3("s3://b/images").overlaps(&s3("s3://b/images-out")));
+        assert!(!s3("s3://b/images").overlaps(&s3("s3://c/images")));
+        assert!(!s3("s3://b/x").overlaps(&input));
+        assert!(s3("s3://b").is_bucket_root() && s3("s3://b/").is_bucket_root());
+        assert!(!s3("s3://b/x").is_bucket_root() && !input.is_bucket_root());
+    }
+
+    #[tokio::test]
+    async fn local_delete_all_never_follows_a_symlink_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        std::fs::create_dir_all(&precious).unwrap();
+        std::fs::write(precious.join("photo.jpg"), b"keep").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(out.join("features/sub")).unwrap();
+        std::fs::write(out.join("features/part-0.parquet"), b"x").unwrap();
+        std::fs::write(out.join("features/sub/part-1.parquet"), b"y").unwrap();
+        std::os::unix::fs::symlink(&precious, out.join("features/linked")).unwrap();
+        std::os::unix::fs::symlink(precious.join("photo.jpg"), out.join("features/one.jpg"))
+            .unwrap();
+        std::os::unix::fs::symlink(&precious, out.join("_staging")).unwrap();
+        let location = Location::parse(out.to_str().unwrap()).unwrap();
+
+        let deleted = location.delete_all("features").await.unwrap();
+        assert_eq!(deleted.removed, 2, "{deleted:?}");
+        assert_eq!(deleted.left.len(), 2, "{deleted:?}");
+        let deleted = location.delete_all("_staging").await.unwrap();
+        assert_eq!(deleted.removed, 0);
+        location
+            .delete(&location.key("_staging/photo.jpg"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(precious.join("photo.jpg")).unwrap(), b"keep");
+        assert!(!out.join("features/part-0.parquet").exists());
+        assert!(!out.join("features/sub").exists(), "emptied folders go");
+        assert!(location.delete_all("").await.is_err(), "never the whole location");
+        assert!(location.delete_all("/").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn sync_local_reaches_every_file_and_reports_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        location.write("a/b/part.parquet", b"x".to_vec()).await.unwrap();
+        location.write("run.json", b"{}".to_vec()).await.unwrap();
+        let keys = [location.key("a/b/part.parquet"), location.key("run.json")];
+        assert_eq!(location.sync_local(&keys).unwrap(), 2);
+        let missing = [location.key("a/missing.parquet")];
+        assert!(location.sync_local(&missing).is_err(), "a missing part is an error");
+        let s3 = Location::parse("s3://b/x").unwrap();
+        assert_eq!(s3.sync_local(&keys).unwrap(), 0);
     }
 
     #[test]

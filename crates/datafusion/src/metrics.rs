@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use verger_output::StageTimes;
+
 /// Live counters: the progress display reads them while the query runs.
 #[derive(Debug, Default)]
 pub struct StageMetrics {
@@ -23,22 +25,9 @@ pub struct StageMetrics {
     pub decode_ns: AtomicU64,
     pub infer_ns: AtomicU64,
     pub batches: AtomicU64,
-}
-
-/// A snapshot of [`StageMetrics`] for reports (`run.json`, the benchmark).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct StageTimes {
-    pub listed: u64,
-    pub featurized: u64,
-    pub failed: u64,
-    pub batches: u64,
-    pub read_bytes: u64,
-    /// Seconds spent in each stage, summed over all tasks (so they can exceed
-    /// wall time when stages run in parallel).
-    pub list_s: f64,
-    pub read_s: f64,
-    pub decode_resize_s: f64,
-    pub inference_s: f64,
+    /// The slice a cluster task works on, set by its sliced source as soon
+    /// as it starts (so even a slice with no images reports which it was).
+    pub slice: std::sync::OnceLock<u32>,
 }
 
 tokio::task_local! {
@@ -71,6 +60,7 @@ impl StageMetrics {
         counter.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// The counters as a report of stage times (`run.json`, the benchmark).
     pub fn snapshot(&self) -> StageTimes {
         let secs = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e9;
         StageTimes {

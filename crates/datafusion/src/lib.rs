@@ -2,21 +2,26 @@
 //!
 //! - [`image_table`]: the listing of an input location as a streaming table
 //!   `images(path, label, key, size, last_modified_ms, e_tag)`.
-//! - [`featurize`]: the scalar function `featurize(root, key)` that reads,
-//!   decodes, resizes and runs a whole batch of images through the model,
-//!   returning `struct(features, error_stage, error_reason)` per row.
+//! - [`featurize`]: the scalar function `featurize(root, key, options)` that
+//!   reads, decodes, resizes and runs a whole batch of images through the
+//!   model, returning `struct(features, error_stage, error_kind,
+//!   error_reason)` per row.
 //! - [`pca`]: the aggregate `pca_fit(features)` (mergeable count, sum and XᵀX,
 //!   so partial fits combine across partitions or executors) and the scalar
 //!   function `pca_project(features, model_json)`.
+//! - [`phases`]: the phase queries built from those parts, written once for
+//!   embedded and cluster runs.
 //!
 //! This layer stays thin: it converts between Arrow arrays and the plain
-//! crates (`verger-store`, `verger-image`, `verger-model`, `verger-pca`) and
-//! holds no pipeline logic of its own. Those crates must never depend on it.
+//! crates (`verger-store`, `verger-image`, `verger-model`, `verger-pca`,
+//! `verger-output`) and holds no pipeline decisions (which phase runs when,
+//! the commit protocol). Those crates must never depend on it.
 
 pub mod featurize;
 pub mod image_table;
 pub mod metrics;
 pub mod pca;
+pub mod phases;
 
 use std::sync::Arc;
 
@@ -25,7 +30,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
-pub use featurize::{FeaturizeContext, FeaturizeUdf, featurize_result_type};
+pub use featurize::{FeaturizeContext, FeaturizeOptions, FeaturizeUdf, featurize_result_type};
 pub use image_table::{ImageTable, image_table_schema};
 pub use metrics::{StageMetrics, StageTimes, with_task_metrics};
 pub use pca::{PcaFitUdaf, PcaProjectUdf};

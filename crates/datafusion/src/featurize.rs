@@ -1,5 +1,5 @@
-//! `featurize(root, key)`: a whole batch of images through read → decode →
-//! resize → model, one output row per input row, failures included.
+//! `featurize(root, key, options)`: a whole batch of images through read →
+//! decode → resize → model, one output row per input row, failures included.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -17,9 +17,11 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 use futures::StreamExt;
-use verger_image::{PreprocessConfig, TENSOR_LEN};
+use serde::{Deserialize, Serialize};
+use verger_image::{ImageError, PreprocessConfig, TENSOR_LEN};
 use verger_model::{FEATURE_DIM, SharedModel};
-use verger_store::{Location, ObjectKey};
+use verger_output::FailureKind;
+use verger_store::{Location, ObjectKey, StoreError};
 
 use crate::StageMetrics;
 use crate::metrics::record;
@@ -27,13 +29,35 @@ use crate::metrics::record;
 /// How many objects of one batch are fetched at once.
 const READ_CONCURRENCY: usize = 16;
 
-/// The stage names recorded in `errors/`.
-pub const STAGE_READ: &str = "read";
-pub const STAGE_DECODE: &str = "decode";
-pub const STAGE_INFERENCE: &str = "inference";
+/// What a run asks of `featurize`, as the JSON literal of its third
+/// argument: it travels in the plan, so an executor featurizes exactly as
+/// the client asked (never with settings of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturizeOptions {
+    /// Images whose header claims more pixels are refused before decoding.
+    pub max_pixels: u64,
+    /// The sha256 of the model the run was started with: a process holding
+    /// another model refuses to featurize (empty: no check).
+    pub model_sha256: String,
+}
 
-/// `struct<features: list<float32>, error_stage: utf8, error_reason: utf8>`:
-/// exactly one of `features` and `error_*` is set on each row.
+impl FeaturizeOptions {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("options always serialise")
+    }
+
+    fn preprocess(&self) -> PreprocessConfig {
+        PreprocessConfig {
+            max_pixels: self.max_pixels,
+            ..PreprocessConfig::default()
+        }
+    }
+}
+
+/// `struct<features: list<float32>, error_stage: utf8, error_kind: utf8,
+/// error_reason: utf8>`: exactly one of `features` and `error_*` is set on
+/// each row; `error_kind` is a [`FailureKind`].
 pub fn featurize_result_type() -> DataType {
     DataType::Struct(result_fields())
 }
@@ -46,29 +70,50 @@ fn result_fields() -> Fields {
             true,
         ),
         Field::new("error_stage", DataType::Utf8, true),
+        Field::new("error_kind", DataType::Utf8, true),
         Field::new("error_reason", DataType::Utf8, true),
     ])
 }
 
-/// What `featurize` needs in a process: the model (loaded once), decoding
-/// limits, the stores it reads from, and the metrics it feeds.
+/// Why one image has no features: its kind, and a reason for people.
+pub type Failure = (FailureKind, String);
+
+/// The failure kind of an image that could not be decoded.
+pub fn image_failure(error: &ImageError) -> FailureKind {
+    match error {
+        ImageError::Empty => FailureKind::Empty,
+        ImageError::UnknownFormat => FailureKind::NotAnImage,
+        ImageError::Decode(_) => FailureKind::Corrupt,
+        ImageError::TooLarge { .. } | ImageError::OverMemoryLimit { .. } => FailureKind::TooLarge,
+        ImageError::Unsupported(_) => FailureKind::Unsupported,
+    }
+}
+
+/// The failure kind and reason of an object that could not be read.
+pub fn read_failure(error: StoreError) -> Failure {
+    match error {
+        StoreError::NotFound { .. } => (
+            FailureKind::NotFound,
+            "object not found (deleted after listing?)".to_string(),
+        ),
+        StoreError::Access { reason, .. } => (FailureKind::ReadFailed, reason),
+        other => (FailureKind::ReadFailed, other.to_string()),
+    }
+}
+
+/// What `featurize` needs in a process: the model (loaded once), the
+/// stores it reads from, and the metrics it feeds.
 #[derive(Debug)]
 pub struct FeaturizeContext {
     pub model: Arc<SharedModel>,
-    pub preprocess: PreprocessConfig,
     pub metrics: Arc<StageMetrics>,
     stores: Mutex<HashMap<String, Location>>,
 }
 
 impl FeaturizeContext {
-    pub fn new(
-        model: Arc<SharedModel>,
-        preprocess: PreprocessConfig,
-        metrics: Arc<StageMetrics>,
-    ) -> Self {
+    pub fn new(model: Arc<SharedModel>, metrics: Arc<StageMetrics>) -> Self {
         FeaturizeContext {
             model,
-            preprocess,
             metrics,
             stores: Mutex::new(HashMap::new()),
         }
@@ -92,39 +137,48 @@ impl FeaturizeContext {
         Ok(location)
     }
 
+    /// Refuses options made for another model than the one loaded here.
+    fn check_model(&self, options: &FeaturizeOptions) -> Result<()> {
+        let here = &self.model.file().sha256;
+        if !options.model_sha256.is_empty() && &options.model_sha256 != here {
+            return exec_err!(
+                "this process (pid {}) holds model {} ({}) but the run was started with model                  {}: every executor must load the same model file as the client's --model",
+                std::process::id(),
+                short(here),
+                self.model.file().path.display(),
+                short(&options.model_sha256)
+            );
+        }
+        Ok(())
+    }
+
     /// The plain-Rust heart of the function: bytes (or a read failure) in,
-    /// features (or a failure with its stage) out, in the same order.
+    /// features (or a failure) out, in the same order.
     pub fn featurize_batch(
         &self,
-        inputs: Vec<std::result::Result<bytes::Bytes, String>>,
-    ) -> Vec<std::result::Result<Vec<f32>, (&'static str, String)>> {
+        inputs: Vec<std::result::Result<bytes::Bytes, Failure>>,
+        preprocess: &PreprocessConfig,
+    ) -> Vec<std::result::Result<Vec<f32>, Failure>> {
         let decode_started = Instant::now();
         let mut tensor = Vec::with_capacity(inputs.len() * TENSOR_LEN);
-        let mut outcomes: Vec<std::result::Result<usize, (&'static str, String)>> =
+        let mut outcomes: Vec<std::result::Result<usize, Failure>> =
             Vec::with_capacity(inputs.len());
         let mut slots = 0;
         for input in inputs {
-            let outcome = match input {
-                Err(reason) => Err((STAGE_READ, reason)),
-                Ok(bytes) => {
-                    let start = tensor.len();
-                    tensor.resize(start + TENSOR_LEN, 0.0);
-                    match verger_image::preprocess_into(
-                        &bytes,
-                        &self.preprocess,
-                        &mut tensor[start..],
-                    ) {
-                        Ok(()) => {
-                            slots += 1;
-                            Ok(slots - 1)
-                        }
-                        Err(e) => {
-                            tensor.truncate(start);
-                            Err((STAGE_DECODE, e.to_string()))
-                        }
+            let outcome = input.and_then(|bytes| {
+                let start = tensor.len();
+                tensor.resize(start + TENSOR_LEN, 0.0);
+                match verger_image::preprocess_into(&bytes, preprocess, &mut tensor[start..]) {
+                    Ok(()) => {
+                        slots += 1;
+                        Ok(slots - 1)
+                    }
+                    Err(e) => {
+                        tensor.truncate(start);
+                        Err((image_failure(&e), e.to_string()))
                     }
                 }
-            };
+            });
             outcomes.push(outcome);
         }
         let decode_time = decode_started.elapsed();
@@ -143,11 +197,15 @@ impl FeaturizeContext {
                 let slot = outcome?;
                 match &features {
                     Ok(all) => Ok(all[slot * FEATURE_DIM..(slot + 1) * FEATURE_DIM].to_vec()),
-                    Err(e) => Err((STAGE_INFERENCE, e.to_string())),
+                    Err(e) => Err((FailureKind::InferenceFailed, e.to_string())),
                 }
             })
             .collect()
     }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12.min(sha.len())]
 }
 
 #[derive(Debug)]
@@ -161,9 +219,16 @@ pub struct FeaturizeUdf {
 impl FeaturizeUdf {
     pub const NAME: &'static str = "featurize";
 
+    fn signature() -> Signature {
+        Signature::exact(
+            vec![DataType::Utf8, DataType::Utf8, DataType::Utf8],
+            Volatility::Volatile,
+        )
+    }
+
     pub fn new(context: Arc<FeaturizeContext>) -> Self {
         FeaturizeUdf {
-            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Volatile),
+            signature: Self::signature(),
             context: Some(context),
         }
     }
@@ -171,7 +236,7 @@ impl FeaturizeUdf {
     /// The function as a planner sees it; calling it is an error.
     pub fn planning_only() -> Self {
         FeaturizeUdf {
-            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Volatile),
+            signature: Self::signature(),
             context: None,
         }
     }
@@ -190,6 +255,17 @@ impl Eq for FeaturizeUdf {}
 impl Hash for FeaturizeUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
         Self::NAME.hash(state);
+    }
+}
+
+/// The value of a constant string argument.
+fn constant(arg: &ColumnarValue, what: &str) -> Result<String> {
+    match arg {
+        ColumnarValue::Scalar(ScalarValue::Utf8(Some(text))) => Ok(text.clone()),
+        ColumnarValue::Array(array) if !array.is_empty() && array.is_valid(0) => {
+            Ok(array.as_string::<i32>().value(0).to_string())
+        }
+        _ => exec_err!("featurize: {what} must be a non-null string"),
     }
 }
 
@@ -212,16 +288,13 @@ impl ScalarUDFImpl for FeaturizeUdf {
                 "featurize was called in a process without a model: it runs on executors only"
             );
         };
-        let [root, keys] = args.args.as_slice() else {
-            return exec_err!("featurize(root, key) takes two arguments");
+        let [root, keys, options] = args.args.as_slice() else {
+            return exec_err!("featurize(root, key, options) takes three arguments");
         };
-        let root = match root {
-            ColumnarValue::Scalar(ScalarValue::Utf8(Some(root))) => root.clone(),
-            ColumnarValue::Array(array) if !array.is_empty() && array.is_valid(0) => {
-                array.as_string::<i32>().value(0).to_string()
-            }
-            _ => return exec_err!("featurize: the root location must be a non-null string"),
-        };
+        let root = constant(root, "the root location")?;
+        let options: FeaturizeOptions = serde_json::from_str(&constant(options, "options")?)
+            .map_err(|e| DataFusionError::Execution(format!("featurize options: {e}")))?;
+        context.check_model(&options)?;
         let keys = keys.to_array(args.number_rows)?;
         let keys = keys.as_string::<i32>();
         let location = context.location(&root)?;
@@ -235,7 +308,7 @@ impl ScalarUDFImpl for FeaturizeUdf {
             m.read_bytes.fetch_add(read_bytes as u64, Ordering::Relaxed);
         });
 
-        let results = context.featurize_batch(reads);
+        let results = context.featurize_batch(reads, &options.preprocess());
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
         let featurized = results.len() as u64 - failed;
         record(&context.metrics, |m| {
@@ -251,22 +324,20 @@ impl ScalarUDFImpl for FeaturizeUdf {
 fn read_all(
     location: &Location,
     keys: &datafusion::arrow::array::StringArray,
-) -> Result<Vec<std::result::Result<bytes::Bytes, String>>> {
+) -> Result<Vec<std::result::Result<bytes::Bytes, Failure>>> {
     // The table holds keys in their stored (already encoded) form: parse,
     // never re-encode, or `%` and non-ASCII names would no longer match.
-    let keys: Vec<Result<ObjectKey, String>> = keys
+    let keys: Vec<std::result::Result<ObjectKey, Failure>> = keys
         .iter()
         .map(|k| {
-            ObjectKey::parse(k.unwrap_or_default()).map_err(|e| format!("invalid object key: {e}"))
+            ObjectKey::parse(k.unwrap_or_default())
+                .map_err(|e| (FailureKind::ReadFailed, format!("invalid object key: {e}")))
         })
         .collect();
     let fetch = async {
         futures::stream::iter(keys.iter().map(|key| async move {
             let key = key.as_ref().map_err(Clone::clone)?;
-            location.read(key).await.map_err(|e| match e {
-                verger_store::StoreError::Access { reason, .. } => reason,
-                other => other.to_string(),
-            })
+            location.read(key).await.map_err(read_failure)
         }))
         .buffered(READ_CONCURRENCY)
         .collect::<Vec<_>>()
@@ -279,12 +350,13 @@ fn read_all(
     Ok(tokio::task::block_in_place(|| handle.block_on(fetch)))
 }
 
-fn to_struct(results: Vec<std::result::Result<Vec<f32>, (&'static str, String)>>) -> ArrayRef {
+fn to_struct(results: Vec<std::result::Result<Vec<f32>, Failure>>) -> ArrayRef {
     let mut features = ListBuilder::with_capacity(
         Float32Builder::with_capacity(results.len() * FEATURE_DIM),
         results.len(),
     );
     let mut stages = StringBuilder::new();
+    let mut kinds = StringBuilder::new();
     let mut reasons = StringBuilder::new();
     for result in &results {
         match result {
@@ -292,11 +364,13 @@ fn to_struct(results: Vec<std::result::Result<Vec<f32>, (&'static str, String)>>
                 features.values().append_slice(values);
                 features.append(true);
                 stages.append_null();
+                kinds.append_null();
                 reasons.append_null();
             }
-            Err((stage, reason)) => {
+            Err((kind, reason)) => {
                 features.append(false);
-                stages.append_value(stage);
+                stages.append_value(kind.stage().as_str());
+                kinds.append_value(kind.as_str());
                 reasons.append_value(reason);
             }
         }
@@ -304,6 +378,7 @@ fn to_struct(results: Vec<std::result::Result<Vec<f32>, (&'static str, String)>>
     let columns: Vec<ArrayRef> = vec![
         Arc::new(features.finish()),
         Arc::new(stages.finish()),
+        Arc::new(kinds.finish()),
         Arc::new(reasons.finish()),
     ];
     Arc::new(StructArray::new(result_fields(), columns, None))
@@ -356,11 +431,7 @@ mod tests {
             batch_size: 8,
         };
         let model = SharedModel::load(&model_path, &config).unwrap();
-        let context = Arc::new(FeaturizeContext::new(
-            model,
-            PreprocessConfig::default(),
-            metrics.clone(),
-        ));
+        let context = Arc::new(FeaturizeContext::new(model, metrics.clone()));
         let ctx = SessionContext::new();
         crate::register_functions(&ctx, context);
         let table = ImageTable::new(
@@ -389,7 +460,15 @@ mod tests {
             .select(vec![
                 col("path"),
                 featurize
-                    .call(vec![lit(location.display_root()), col("key")])
+                    .call(vec![
+                        lit(location.display_root()),
+                        col("key"),
+                        lit(FeaturizeOptions {
+                            max_pixels: 64_000_000,
+                            model_sha256: String::new(),
+                        }
+                        .to_json()),
+                    ])
                     .alias("r"),
             ])
             .unwrap()
@@ -405,11 +484,15 @@ mod tests {
             .downcast_ref::<ListArray>()
             .unwrap();
         let stages = result.column(1).as_string::<i32>();
-        let reasons = result.column(2).as_string::<i32>();
+        let reasons = result.column(3).as_string::<i32>();
         for row in 0..batch.num_rows() {
             if paths.value(row).ends_with("deleted.jpg") {
                 assert!(features.is_null(row));
-                assert_eq!(stages.value(row), STAGE_READ);
+                assert_eq!(stages.value(row), "read");
+                assert_eq!(
+                    result.column(2).as_string::<i32>().value(row),
+                    FailureKind::NotFound.as_str()
+                );
                 assert!(
                     reasons.value(row).contains("not found"),
                     "{}",
