@@ -56,6 +56,9 @@ OPSET = 13
 #           large weights sit next to small ones; rows where no order satisfies the bound
 #           get a scale just large enough. The default for pointwise convolutions.
 # Depthwise convolutions use s8sym: their kernel multiplies in 32 bits, no saturation.
+# The first convolution reads the image (3 channels, an order that cannot move): "pad4"
+# adds a zero fourth channel (MlasConvSym needs a multiple of 4) and orders the four so
+# that the pairs are (R, B) and (G, 0), which leaves a single row over the limit.
 WEIGHT_MODES = ("s8safe", "s8sym", "s8", "u8")
 FORMATS = ("qdq", "qlinear")
 FIRST_EXTRA = ("pad4", "float")
@@ -576,9 +579,11 @@ def main(argv=None):
                     help="weights of the pointwise convolutions (default s8safe; see the source)")
     ap.add_argument("--dw-weights", choices=WEIGHT_MODES, default="s8sym",
                     help="weights of the depthwise convolutions (default s8sym)")
-    ap.add_argument("--first-weights", choices=WEIGHT_MODES + FIRST_EXTRA, default="u8",
-                    help="weights of the first convolution, whose input channels cannot be "
-                         "reordered (default u8: exact)")
+    ap.add_argument("--first-weights", choices=WEIGHT_MODES + FIRST_EXTRA, default="pad4",
+                    help="the first convolution (3 input channels): pad4 (default: a zero 4th input "
+                         "channel and a channel order that keeps weight pairs under the limit, so "
+                         "the fast symmetric kernel applies), float (an fp32 Conv on the float "
+                         "input), or one of the weight modes")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
 

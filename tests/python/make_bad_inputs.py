@@ -80,6 +80,8 @@ def mixed(dest, sample_dir):
     pal.info["transparency"] = 0
     pal.save(t.path("odd/palette_alpha.png"), format="PNG", transparency=0)
     Image.new("RGB", (1, 1), (200, 30, 40)).save(t.path("odd/one_pixel.jpg"), format="JPEG")
+    # 1.2 megapixels: valid, but over a --max-pixels of 1,000,000.
+    rgb.resize((1200, 1000), Image.BILINEAR).save(t.path("odd/big.jpg"), format="JPEG", quality=85)
     # URL-special characters in a file name must survive as-is (no %-decoding).
     t.copy("odd/hash#and%20percent.jpg", src)
 

@@ -3,13 +3,10 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
 use futures::StreamExt;
-use verger_output::FEATURES_DIR;
+use verger_output::{FEATURES_DIR, RunRecord, SUCCESS_FILE};
 use verger_store::Location;
 
 use crate::ClassifierError;
-
-const RUN_FILE: &str = "run.json";
-const SUCCESS_FILE: &str = "_SUCCESS";
 
 /// Feature rows of one run output, sorted by path.
 #[derive(Debug, Clone, Default)]
@@ -84,11 +81,10 @@ pub async fn feature_model_sha256(location: &Location) -> Result<String, Classif
              (interrupted, still running, or not a verger output)"
         )));
     }
-    let run_json = location.read(&location.key(RUN_FILE)).await?;
-    serde_json::from_slice::<serde_json::Value>(&run_json)
-        .ok()
-        .and_then(|run| run["model"]["sha256"].as_str().map(str::to_string))
-        .ok_or_else(|| failed(format!("{RUN_FILE} has no model.sha256")))
+    let run = RunRecord::read(location)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(run.model.sha256)
 }
 
 /// Reads `features/*.parquet` (path, label, features) and the feature
@@ -105,9 +101,9 @@ pub async fn read_features(
     };
     let model_sha256 = feature_model_sha256(location).await?;
 
-    let mut keys = location.list_keys(FEATURES_DIR).await?;
-    keys.retain(|k| k.as_ref().ends_with(".parquet"));
-    keys.sort();
+    let keys = verger_output::list_parquet(location, FEATURES_DIR)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
     if keys.is_empty() {
         return Err(failed(format!("no {FEATURES_DIR}/*.parquet")));
     }
@@ -120,7 +116,7 @@ pub async fn read_features(
             reason: e.to_string(),
         };
         let mut stream =
-            verger_output::read_named_columns(location, &key, &["path", "label", "features"])
+            verger_output::read_columns(location, &key, &["path", "label", "features"])
                 .await
                 .map_err(features_error)?;
         while let Some(batch) = stream.next().await {

@@ -267,7 +267,6 @@ fn splits_are_folder_components_not_substrings() {
 fn training_is_repeatable() {
     let a = small_classifier();
     let b = small_classifier();
-    assert_eq!(a.to_json().len(), b.to_json().len());
     let strip = |c: &Classifier| {
         let mut j: serde_json::Value = serde_json::from_slice(&c.to_json()).unwrap();
         j.as_object_mut().unwrap().remove("training");

@@ -5,8 +5,8 @@ mod classify;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use verger_pipeline::bench::{BenchConfig, bench, bench_listing, listing_table, table};
-use verger_pipeline::{ProgressMode, RunConfig};
+use verger_bench::pipeline::{BenchConfig, bench, bench_listing, listing_table, table};
+use verger_pipeline::{DEFAULT_CLUSTER_SLICES, Placement, ProgressMode, RunConfig, Start};
 
 #[derive(Parser)]
 #[command(
@@ -145,9 +145,6 @@ struct ExecutorArgs {
     /// Seconds to wait for the scheduler at start-up
     #[arg(long, default_value_t = 60)]
     connect_timeout: u16,
-    /// Refuse images larger than this many pixels
-    #[arg(long, default_value_t = 64_000_000)]
-    max_pixels: u64,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -157,9 +154,10 @@ struct ModelArgs {
     /// The ONNX model [default: the shared MobileNetV2, found as shared/models/… beside the project]
     #[arg(long, env = "VERGER_MODEL")]
     model: Option<PathBuf>,
-    /// Inference engine: ort (ONNX Runtime, fastest), tract (pure Rust), auto (ort if its library is found)
-    #[arg(long, default_value = "auto")]
-    engine: EngineArg,
+    /// Inference engine: ort (ONNX Runtime, fastest), tract (pure Rust), auto (ort if its
+    /// library is found) [default: auto]
+    #[arg(long)]
+    engine: Option<EngineArg>,
     /// ONNX Runtime shared library (libonnxruntime.so from the onnxruntime wheel)
     #[arg(long = "ort-lib", env = "ORT_DYLIB_PATH")]
     ort_library: Option<PathBuf>,
@@ -189,15 +187,18 @@ struct RunArgs {
     /// projects uncentred, like spark.ml's PCAModel
     #[arg(long)]
     center: bool,
-    /// Replace an existing result at --output (its files are all removed first)
-    #[arg(long)]
+    /// Replace an earlier verger result at --output. Only verger's own files (features/,
+    /// errors/, inventory/, _staging/, pca_model.json, run.json, _SUCCESS) are removed; anything
+    /// else stays and is named. A folder verger did not make is refused
+    #[arg(long, conflicts_with_all = ["resume", "incremental"])]
     overwrite: bool,
     /// Continue a run that was interrupted (killed, crashed, power loss) at --output: the
     /// images it already finished are skipped, the rest are done, then PCA and output as usual
-    #[arg(long)]
+    #[arg(long, conflicts_with = "incremental")]
     resume: bool,
     /// Update the complete earlier run at --output after the input changed: only new and
-    /// changed images are featurized, rows of deleted ones are dropped, PCA is fitted again
+    /// changed images are featurized, rows of deleted ones are dropped, PCA is fitted again.
+    /// (An interrupted --incremental run is finished with --resume alone.)
     #[arg(long)]
     incremental: bool,
     /// Images per checkpoint file and task: finished work becomes durable every N images,
@@ -217,7 +218,10 @@ struct RunArgs {
     #[arg(long, default_value = "auto")]
     progress: ProgressArg,
     /// Run on a Ballista cluster: the scheduler as df://host:port. --partitions is then the
-    /// number of slices (tasks) the input is split into [default: 16]
+    /// number of slices (tasks) the input is split into [default: 16]. Every other flag
+    /// travels to the executors, except --engine, --ort-lib and --threads, which each
+    /// `verger executor` sets for itself (refused here). Ballista's ports have no
+    /// authentication: keep the cluster on a private network
     #[arg(long, env = "VERGER_CLUSTER", value_name = "URL")]
     cluster: Option<String>,
     #[command(flatten)]
@@ -349,28 +353,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.glob = args.glob;
     config.k = args.k;
     config.center = args.center;
-    config.overwrite = args.overwrite;
-    config.resume = args.resume;
-    config.incremental = args.incremental;
-    config.checkpoint_every = args.checkpoint_every.max(1);
+    config.start = match (args.overwrite, args.resume, args.incremental) {
+        (true, _, _) => Start::Overwrite,
+        (_, true, _) => Start::Resume,
+        (_, _, true) => Start::Incremental,
+        _ => Start::Fresh,
+    };
+    config.checkpoint_every = args.checkpoint_every;
     config.max_errors = args.max_errors;
     config.max_pixels = args.max_pixels;
     config.progress = args.progress.into();
     config.model = args.model.model;
-    config.engine = args.model.engine.into();
+    config.engine = args.model.engine.map(Into::into);
     config.ort_library = args.model.ort_library;
-    config.batch_size = args.model.batch_size.max(1);
-    if let Some(threads) = args.model.threads {
-        config.threads = threads.max(1);
-    }
+    config.batch_size = args.model.batch_size;
+    config.threads = args.model.threads;
     if let Some(partitions) = args.partitions {
-        config.partitions = partitions.max(1);
+        config.partitions = partitions;
     } else if args.cluster.is_some() {
         config.partitions = DEFAULT_CLUSTER_SLICES;
     }
-    config.cluster = args.cluster;
-    let report = runtime()?.block_on(verger_pipeline::run(&config))?;
-    println!("{}", report.summary_line());
+    if let Some(url) = args.cluster {
+        config.placement = Placement::Cluster(url);
+    }
+    let record = runtime()?.block_on(verger_pipeline::run(&config))?;
+    println!("{}", record.summary_line());
     Ok(())
 }
 
@@ -384,9 +391,6 @@ fn run_report(args: ReportArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
-
-/// Enough slices for a few executors to share the work evenly.
-const DEFAULT_CLUSTER_SLICES: usize = 16;
 
 fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let options = verger_cluster::SchedulerOptions {
@@ -423,13 +427,12 @@ fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         connect_timeout_s: args.connect_timeout,
         model: args.model.model,
-        engine: verger_pipeline::EngineConfig {
-            choice: args.model.engine.into(),
+        engine: verger_model::EngineConfig {
+            choice: args.model.engine.unwrap_or(EngineArg::Auto).into(),
             threads: args.model.threads.unwrap_or(cores).max(1),
             ort_library: args.model.ort_library,
             batch_size: args.model.batch_size.max(1),
         },
-        max_pixels: args.max_pixels,
     };
     runtime()?.block_on(verger_cluster::run_executor(options))
 }
@@ -613,15 +616,15 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
-    let config = verger_serve::loadtest::LoadTestConfig {
+    let config = verger_bench::serve_load::LoadTestConfig {
         url: args.url,
         requests: args.requests.max(1),
         concurrency: args.concurrency,
         images: args.images,
         timeout: std::time::Duration::from_secs(args.timeout.max(1)),
     };
-    let reports = verger_serve::loadtest::run(&config)?;
-    println!("{}", verger_serve::loadtest::table(&reports));
+    let reports = verger_bench::serve_load::run(&config)?;
+    println!("{}", verger_bench::serve_load::table(&reports));
     for report in &reports {
         for error in &report.first_errors {
             eprintln!("concurrency {}: {error}", report.concurrency);

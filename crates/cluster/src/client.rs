@@ -13,11 +13,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use verger_datafusion::{FeaturizeOptions, phases};
-use verger_output::TaskSummary;
+use verger_output::{StagingSpec, TaskSummary};
 use verger_pca::{PcaModel, PcaStats};
 
 use crate::codec::{physical_codec, session_config};
-use crate::part_write::{PartKind, PartWriteExec, PartWriteSpec, StagingSpec, summaries};
+use crate::part_write::{PartKind, PartWriteExec, PartWriteSpec, summaries};
 use crate::slices::{ImageListSpec, SLICE_COLUMN, SlicedTable, StagedReadSpec};
 
 /// Default scheduler port, as in Ballista.

@@ -133,6 +133,8 @@ mod tests {
                     root: "s3://fruits/images".into(),
                     glob: "*.jpg".into(),
                     batch_size: 32,
+                    output: "s3://fruits/out".into(),
+                    attempt: "1a2b3c4d".into(),
                 },
             )
             .unwrap(),

@@ -25,5 +25,5 @@ pub mod slices;
 
 pub use client::{Cluster, FeaturizeJob};
 pub use executor::{ExecutorOptions, run_executor};
-pub use part_write::{StagingSpec, WorkerInfo};
+pub use part_write::WorkerInfo;
 pub use scheduler::{SchedulerOptions, run_scheduler};

@@ -30,8 +30,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use verger_datafusion::StageMetrics;
 use verger_output::{
-    ErrorBudget, FEATURES_DIR, PartWriter, STAGED_ERRORS_DIR, STAGED_FEATURES_DIR, StagingWriter,
-    TaskSummary, features_schema,
+    ErrorBudget, FEATURES_DIR, PartWriter, STAGED_ERRORS_DIR, STAGED_FEATURES_DIR, StagingSpec,
+    StagingWriter, TaskSummary, features_schema,
 };
 use verger_store::Location;
 
@@ -46,19 +46,6 @@ pub enum PartKind {
     /// Phase 3: `(path, label, features, pca, slice)` in; rows to
     /// `features/part-NNNN-*`.
     Features,
-}
-
-/// How a phase-1 task stages its rows: the client's settings, carried in the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StagingSpec {
-    /// The run's attempt id (file names; a retried task rewrites its own files).
-    pub attempt: String,
-    /// `--checkpoint-every`.
-    pub checkpoint_every: usize,
-    /// `--max-errors`.
-    pub max_errors: Option<u64>,
-    /// Failures already staged before this run (a resumed run's).
-    pub errors_before: u64,
 }
 
 /// What a [`PartWriteExec`] needs; it travels in the plan as JSON.
@@ -239,12 +226,13 @@ async fn write_all(
         for (slice, part) in by_slice(&batch)? {
             match &kind {
                 PartKind::Staging(spec) => {
-                    if !staging.contains_key(&slice) {
-                        tracing::info!("featurizing slice {slice}");
-                        let writer = staging_writer(&location, slice, spec).await?;
-                        staging.insert(slice, writer);
-                    }
-                    let writer = staging.get_mut(&slice).expect("inserted above");
+                    let writer = match staging.entry(slice) {
+                        std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(entry) => {
+                            tracing::info!("featurizing slice {slice}");
+                            entry.insert(staging_writer(&location, slice, spec).await?)
+                        }
+                    };
                     writer.write(&part, &budget).await.map_err(external)?;
                 }
                 PartKind::Features => {
@@ -292,9 +280,8 @@ async fn write_all(
     if matches!(kind, PartKind::Features) {
         summary.listed = summary.rows;
     }
-    summary.failures = verger_output::FailureCount::tally(
-        summary.failures.iter().map(|f| (f.kind, f.count)),
-    );
+    summary.failures =
+        verger_output::FailureCount::tally(summary.failures.iter().map(|f| (f.kind, f.count)));
     Ok(RecordBatch::try_new(
         summary_schema(),
         vec![Arc::new(StringArray::from(vec![summary.to_json()]))],

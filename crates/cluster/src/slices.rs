@@ -255,7 +255,9 @@ impl ExecutionPlan for ImageListExec {
                     )
                     .await
                     .map_err(external)?;
-                    Ok::<_, DataFusionError>(slice_images(input, filter, spec, schema, slice, of, done))
+                    Ok::<_, DataFusionError>(slice_images(
+                        input, filter, spec, schema, slice, of, done,
+                    ))
                 })
                 .try_flatten()
             })
@@ -439,7 +441,10 @@ async fn staged_files(
         .map_err(external)?;
     Ok(files
         .into_iter()
-        .filter(|key| key.filename().is_some_and(|name| slice_of(name, of) == slice))
+        .filter(|key| {
+            key.filename()
+                .is_some_and(|name| slice_of(name, of) == slice)
+        })
         .collect())
 }
 
@@ -570,7 +575,10 @@ mod tests {
         let slices = 8;
         let mut counts = vec![0; slices as usize];
         for i in 0..4000 {
-            let slice = slice_of(&format!("s3://b/Training/apple_{}/r0_{i}.jpg", i % 24), slices);
+            let slice = slice_of(
+                &format!("s3://b/Training/apple_{}/r0_{i}.jpg", i % 24),
+                slices,
+            );
             counts[slice as usize] += 1;
         }
         assert_eq!(counts.iter().sum::<i32>(), 4000);

@@ -38,6 +38,11 @@ pub use pca::{PcaFitUdaf, PcaProjectUdf};
 /// Registers verger's functions on a session (a client's, or an executor's).
 pub fn register_functions(ctx: &SessionContext, featurize: Arc<FeaturizeContext>) {
     ctx.register_udf(ScalarUDF::from(FeaturizeUdf::new(featurize)));
+    register_pca_functions(ctx);
+}
+
+/// Registers `pca_fit` and `pca_project` only (what phases 2 and 3 need).
+pub fn register_pca_functions(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(PcaProjectUdf::new()));
     ctx.register_udaf(AggregateUDF::from(PcaFitUdaf::new()));
 }

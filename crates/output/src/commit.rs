@@ -112,7 +112,11 @@ impl OutputDir {
                 "--overwrite left {} file(s) that verger did not write: {}{}",
                 left.len(),
                 shown.join(", "),
-                if left.len() > shown.len() { ", …" } else { "" }
+                if left.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
             );
         }
         Ok(OutputDir { location })
@@ -235,7 +239,10 @@ mod tests {
             photos.join("x/../../photos"),
         ] {
             let err = OutputDir::open_location(output.to_str().unwrap(), &input).unwrap_err();
-            assert!(matches!(err, OutputError::Overlap { .. }), "{output:?}: {err}");
+            assert!(
+                matches!(err, OutputError::Overlap { .. }),
+                "{output:?}: {err}"
+            );
         }
         assert_eq!(files(&photos), vec!["Apple/a.jpg"], "nothing was created");
         let sibling = tmp.path().join("photos-out");
@@ -250,10 +257,17 @@ mod tests {
         let err = OutputDir::open_location("s3://fruits", &input).unwrap_err();
         assert!(matches!(err, OutputError::BucketRoot { .. }), "{err}");
         let s3_input = Location::parse("s3://fruits/photos").unwrap();
-        for output in ["s3://fruits/photos/out", "s3://fruits", "s3://fruits/photos/"] {
+        for output in [
+            "s3://fruits/photos/out",
+            "s3://fruits",
+            "s3://fruits/photos/",
+        ] {
             let err = OutputDir::open_location(output, &s3_input).unwrap_err();
             assert!(
-                matches!(err, OutputError::Overlap { .. } | OutputError::BucketRoot { .. }),
+                matches!(
+                    err,
+                    OutputError::Overlap { .. } | OutputError::BucketRoot { .. }
+                ),
                 "{output}: {err}"
             );
         }
@@ -302,7 +316,9 @@ mod tests {
         std::os::unix::fs::symlink(&precious, out.join("features/linked")).unwrap();
         let location = local(&out);
 
-        let refused = OutputDir::prepare(location.clone(), false).await.unwrap_err();
+        let refused = OutputDir::prepare(location.clone(), false)
+            .await
+            .unwrap_err();
         assert!(matches!(refused, OutputError::NotEmpty { .. }), "{refused}");
         OutputDir::prepare(location, true).await.unwrap();
         assert_eq!(
@@ -333,8 +349,15 @@ mod tests {
         // A part that vanished cannot be vouched for: no _SUCCESS then.
         let tmp = tempfile::tempdir().unwrap();
         let output = OutputDir::prepare(local(tmp.path()), false).await.unwrap();
-        output.location().write("features/p.parquet", b"x".to_vec()).await.unwrap();
-        assert!(output.commit().await.is_err(), "pca_model.json and run.json are missing");
+        output
+            .location()
+            .write("features/p.parquet", b"x".to_vec())
+            .await
+            .unwrap();
+        assert!(
+            output.commit().await.is_err(),
+            "pca_model.json and run.json are missing"
+        );
         assert!(!tmp.path().join("_SUCCESS").exists());
     }
 }

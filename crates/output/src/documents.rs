@@ -394,7 +394,11 @@ mod tests {
         let text = serde_json::to_vec_pretty(&record).unwrap();
         assert_eq!(RunRecord::decode(&text, "run.json").unwrap(), record);
         // `cluster` is written even when empty: both kinds of run have the same fields.
-        assert!(String::from_utf8(text).unwrap().contains("\"cluster\": null"));
+        assert!(
+            String::from_utf8(text)
+                .unwrap()
+                .contains("\"cluster\": null")
+        );
     }
 
     #[test]
@@ -403,17 +407,25 @@ mod tests {
         json["counts"]["surprise"] = 1.into();
         let err = RunRecord::decode(json.to_string().as_bytes(), "/out/run.json").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("/out/run.json") && text.contains("surprise"), "{text}");
+        assert!(
+            text.contains("/out/run.json") && text.contains("surprise"),
+            "{text}"
+        );
 
         let mut json = serde_json::to_value(record()).unwrap();
         json["job"].as_object_mut().unwrap().remove("glob");
         let text = RunRecord::decode(json.to_string().as_bytes(), "/out/run.json")
             .unwrap_err()
             .to_string();
-        assert!(text.contains("/out/run.json") && text.contains("glob"), "{text}");
+        assert!(
+            text.contains("/out/run.json") && text.contains("glob"),
+            "{text}"
+        );
 
         let old = br#"{"counts": {}, "parameters": {}}"#;
-        let text = RunRecord::decode(old, "/old/run.json").unwrap_err().to_string();
+        let text = RunRecord::decode(old, "/old/run.json")
+            .unwrap_err()
+            .to_string();
         assert!(text.contains("older verger"), "{text}");
 
         let mut json = serde_json::to_value(record()).unwrap();

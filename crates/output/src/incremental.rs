@@ -22,8 +22,8 @@ use verger_store::{Location, ObjectKey};
 use crate::documents::JobIdentity;
 use crate::schema::{staged_errors_schema, staged_features_schema};
 use crate::{
-    ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, JOB_FILE, OutputError, PartWriter,
-    STAGED_ERRORS_DIR, STAGED_FEATURES_DIR, SUCCESS_FILE, list_parquet, read_columns,
+    ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, JOB_FILE, OutputError, PartWriter, STAGED_ERRORS_DIR,
+    STAGED_FEATURES_DIR, SUCCESS_FILE, list_parquet, read_columns,
 };
 /// Which version of a file a row was made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,4 +185,3 @@ fn arrow_error(key: &ObjectKey, e: arrow::error::ArrowError) -> OutputError {
         reason: e.to_string(),
     }
 }
-

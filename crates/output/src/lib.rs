@@ -50,7 +50,7 @@ pub use schema::{
     FailureKind, Stage, errors_schema, features_schema, inventory_schema, list_of,
     staged_errors_schema, staged_features_schema,
 };
-pub use staging::{ErrorBudget, StagingWriter, split_featurized};
+pub use staging::{ErrorBudget, StagingSpec, StagingWriter, split_featurized};
 
 use verger_store::StoreError;
 
@@ -114,7 +114,11 @@ pub enum OutputError {
          so far are in {staged}/; nothing was committed (fix or remove those inputs and rerun \
          with --resume, or raise --max-errors)"
     )]
-    TooManyErrors { max: u64, total: u64, staged: String },
+    TooManyErrors {
+        max: u64,
+        total: u64,
+        staged: String,
+    },
     #[error("cannot resume at {location}: {reason}")]
     Resume { location: String, reason: String },
 }

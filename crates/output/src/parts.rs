@@ -231,7 +231,9 @@ mod tests {
         RecordBatch::try_new(
             schema,
             vec![
-                Arc::new(StringArray::from_iter_values(rows.clone().map(|i| format!("p{i}")))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.clone().map(|i| format!("p{i}")),
+                )),
                 Arc::new(UInt64Array::from_iter_values(rows)),
             ],
         )
@@ -259,7 +261,12 @@ mod tests {
             while let Some(b) = batches.next().await {
                 let b = b.unwrap();
                 assert_eq!(b.schema().field(0).name(), "n");
-                seen.extend(b.column(1).as_string::<i32>().iter().map(|p| p.unwrap().to_string()));
+                seen.extend(
+                    b.column(1)
+                        .as_string::<i32>()
+                        .iter()
+                        .map(|p| p.unwrap().to_string()),
+                );
             }
         }
         let expected: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
@@ -268,7 +275,10 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(_) => panic!("a missing column must be refused"),
         };
-        assert!(err.contains("nope") && err.contains("part-000-0000.parquet"), "{err}");
+        assert!(
+            err.contains("nope") && err.contains("part-000-0000.parquet"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -142,8 +142,9 @@ pub async fn find_resume_point(
         )));
     }
     let key = location.key(JOB_FILE);
-    let previous: JobIdentity = decode_json(&location.read(&key).await?, &location.display_key(&key))
-        .map_err(|e| refuse(format!("{e}; use --overwrite")))?;
+    let previous: JobIdentity =
+        decode_json(&location.read(&key).await?, &location.display_key(&key))
+            .map_err(|e| refuse(format!("{e}; use --overwrite")))?;
     let differences = previous.differences(job);
     if !differences.is_empty() {
         return Err(refuse(format!(
@@ -190,10 +191,25 @@ mod tests {
     async fn a_resume_reads_the_done_paths_and_clears_later_phases() {
         let tmp = tempfile::tempdir().unwrap();
         let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
-        crate::commit::write_json(&location, JOB_FILE, &job()).await.unwrap();
-        stage(&location, "part-000-a", &[("x/1", None), ("x/2", None), ("x/3", None)]).await;
-        stage(&location, "slice-0001-a", &[("x/4", Some(FailureKind::Empty))]).await;
-        location.write("features/part-000-0000.parquet", b"half".to_vec()).await.unwrap();
+        crate::commit::write_json(&location, JOB_FILE, &job())
+            .await
+            .unwrap();
+        stage(
+            &location,
+            "part-000-a",
+            &[("x/1", None), ("x/2", None), ("x/3", None)],
+        )
+        .await;
+        stage(
+            &location,
+            "slice-0001-a",
+            &[("x/4", Some(FailureKind::Empty))],
+        )
+        .await;
+        location
+            .write("features/part-000-0000.parquet", b"half".to_vec())
+            .await
+            .unwrap();
         location.write("run.json", b"{}".to_vec()).await.unwrap();
 
         let ResumePoint::Interrupted(done) = find_resume_point(&location, &job()).await.unwrap()
@@ -201,12 +217,18 @@ mod tests {
             panic!("an interrupted run");
         };
         assert_eq!((done.staged_rows, done.error_rows, done.rows()), (3, 1, 4));
-        assert_eq!(done.checkpoints, 3, "3 rows in parts of 2, plus 1 error part");
+        assert_eq!(
+            done.checkpoints, 3,
+            "3 rows in parts of 2, plus 1 error part"
+        );
         assert!(done.paths.contains("x/4"));
         assert!(!tmp.path().join("features").exists(), "phase 3 is redone");
         assert!(!tmp.path().join("run.json").exists());
 
-        let slice = DoneWork::read_where(&location, &|name| name.starts_with("slice-0001-"), &|_| true)
+        let slice =
+            DoneWork::read_where(&location, &|name| name.starts_with("slice-0001-"), &|_| {
+                true
+            })
             .await
             .unwrap();
         assert_eq!((slice.staged_rows, slice.error_rows), (0, 1));
@@ -220,10 +242,15 @@ mod tests {
     async fn a_resume_with_other_settings_names_the_difference() {
         let tmp = tempfile::tempdir().unwrap();
         let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
-        crate::commit::write_json(&location, JOB_FILE, &job()).await.unwrap();
+        crate::commit::write_json(&location, JOB_FILE, &job())
+            .await
+            .unwrap();
         let mut other = job();
         other.glob = "*.png".into();
-        let err = find_resume_point(&location, &other).await.unwrap_err().to_string();
+        let err = find_resume_point(&location, &other)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("glob: *.jpg → *.png"), "{err}");
     }
 
@@ -232,14 +259,26 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
         location.write("notes.txt", b"mine".to_vec()).await.unwrap();
-        let err = find_resume_point(&location, &job()).await.unwrap_err().to_string();
+        let err = find_resume_point(&location, &job())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not an interrupted verger run"), "{err}");
 
-        location.write(SUCCESS_FILE, Vec::<u8>::new()).await.unwrap();
+        location
+            .write(SUCCESS_FILE, Vec::<u8>::new())
+            .await
+            .unwrap();
         stage(&location, "part-000-a", &[("x/1", None)]).await;
-        let err = find_resume_point(&location, &job()).await.unwrap_err().to_string();
+        let err = find_resume_point(&location, &job())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already completed"), "{err}");
-        assert!(!tmp.path().join("_staging").exists(), "leftover staging is cleared");
+        assert!(
+            !tmp.path().join("_staging").exists(),
+            "leftover staging is cleared"
+        );
     }
 
     #[tokio::test]
@@ -247,7 +286,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
         stage(&location, "part-000-a", &[("x/1", None)]).await;
-        stage(&location, "part-001-b", &[("x/1", Some(FailureKind::Corrupt))]).await;
+        stage(
+            &location,
+            "part-001-b",
+            &[("x/1", Some(FailureKind::Corrupt))],
+        )
+        .await;
         let err = DoneWork::read(&location).await.unwrap_err().to_string();
         assert!(err.contains("2 rows for 1 distinct images"), "{err}");
     }

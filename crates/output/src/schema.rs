@@ -191,7 +191,10 @@ mod tests {
     fn staged_errors_extend_errors_with_the_file_identity() {
         let staged = staged_errors_schema();
         let errors = errors_schema();
-        assert_eq!(&staged.fields()[..errors.fields().len()], &errors.fields()[..]);
+        assert_eq!(
+            &staged.fields()[..errors.fields().len()],
+            &errors.fields()[..]
+        );
         assert_eq!(staged.field(errors.fields().len()).name(), "size");
     }
 }

@@ -21,6 +21,21 @@ use crate::documents::FailureCount;
 use crate::schema::{FailureKind, staged_errors_schema, staged_features_schema};
 use crate::{OutputError, PartWriter, STAGED_ERRORS_DIR, STAGED_FEATURES_DIR};
 
+/// How a phase-1 task stages its rows: the run's settings (an embedded run
+/// hands them to its partitions, a cluster run sends them in the plan).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagingSpec {
+    /// The run's attempt id: part of every file name, so a resumed run never
+    /// writes over the files of the run it resumes.
+    pub attempt: String,
+    /// `--checkpoint-every`: rows per checkpoint file.
+    pub checkpoint_every: usize,
+    /// `--max-errors`.
+    pub max_errors: Option<u64>,
+    /// Failures already staged before this run (a resumed run's).
+    pub errors_before: u64,
+}
+
 /// `--max-errors`: how many failures a run tolerates, shared by every task
 /// of one process.
 #[derive(Debug, Default)]
@@ -88,7 +103,9 @@ impl StagingWriter {
         budget: &ErrorBudget,
     ) -> Result<(), OutputError> {
         let arrow_error = |e: ArrowError| OutputError::Parquet {
-            target: self.location.display_key(&self.location.key(STAGED_FEATURES_DIR)),
+            target: self
+                .location
+                .display_key(&self.location.key(STAGED_FEATURES_DIR)),
             reason: e.to_string(),
         };
         let (ok, failed) = split_featurized(featurized).map_err(arrow_error)?;
@@ -100,13 +117,14 @@ impl StagingWriter {
             failed.column(4).as_string::<i32>(),
         );
         for row in 0..failed.num_rows() {
-            let kind = kinds
-                .value(row)
-                .parse::<FailureKind>()
-                .map_err(|reason| OutputError::Parquet {
-                    target: paths.value(row).to_string(),
-                    reason,
-                })?;
+            let kind =
+                kinds
+                    .value(row)
+                    .parse::<FailureKind>()
+                    .map_err(|reason| OutputError::Parquet {
+                        target: paths.value(row).to_string(),
+                        reason,
+                    })?;
             *self.failures.entry(kind).or_default() += 1;
             tracing::warn!(
                 path = paths.value(row),
@@ -119,7 +137,12 @@ impl StagingWriter {
             // The failures so far are what the user needs to see: keep them.
             let errors = std::mem::replace(
                 &mut self.errors,
-                PartWriter::new(&self.location, STAGED_ERRORS_DIR, "unused", staged_errors_schema()),
+                PartWriter::new(
+                    &self.location,
+                    STAGED_ERRORS_DIR,
+                    "unused",
+                    staged_errors_schema(),
+                ),
             );
             errors.finish().await?;
             return Err(OutputError::TooManyErrors {
@@ -181,12 +204,17 @@ pub fn split_featurized(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch
     };
     let ok = RecordBatch::try_new(
         staged_features_schema(),
-        pick(&[&path, &label, &features, &size, &modified, &e_tag], &ok_mask)?,
+        pick(
+            &[&path, &label, &features, &size, &modified, &e_tag],
+            &ok_mask,
+        )?,
     )?;
     let failed = RecordBatch::try_new(
         staged_errors_schema(),
         pick(
-            &[&path, &label, &stage, &kind, &reason, &size, &modified, &e_tag],
+            &[
+                &path, &label, &stage, &kind, &reason, &size, &modified, &e_tag,
+            ],
             &failed_mask,
         )?,
     )?;
@@ -267,18 +295,20 @@ pub(crate) mod tests {
 
     #[test]
     fn featurized_rows_split_into_features_and_typed_failures() {
-        let batch = featurized(&[
-            ("a", None),
-            ("b", Some(FailureKind::Corrupt)),
-            ("c", None),
-        ]);
+        let batch = featurized(&[("a", None), ("b", Some(FailureKind::Corrupt)), ("c", None)]);
         let (ok, failed) = split_featurized(&batch).unwrap();
         assert_eq!(ok.num_rows(), 2);
         assert_eq!(failed.num_rows(), 1);
         assert_eq!(failed.column(0).as_string::<i32>().value(0), "b");
         assert_eq!(failed.column(2).as_string::<i32>().value(0), "decode");
         assert_eq!(failed.column(3).as_string::<i32>().value(0), "corrupt");
-        assert_eq!(failed.column(5).as_primitive::<arrow::datatypes::UInt64Type>().value(0), 1);
+        assert_eq!(
+            failed
+                .column(5)
+                .as_primitive::<arrow::datatypes::UInt64Type>()
+                .value(0),
+            1
+        );
     }
 
     #[tokio::test]
@@ -288,7 +318,10 @@ pub(crate) mod tests {
         let budget = ErrorBudget::new(Some(2), 1);
         let mut writer = StagingWriter::new(&location, "part-000-x", 256);
         writer
-            .write(&featurized(&[("a", Some(FailureKind::Empty)), ("b", None)]), &budget)
+            .write(
+                &featurized(&[("a", Some(FailureKind::Empty)), ("b", None)]),
+                &budget,
+            )
             .await
             .unwrap();
         let err = writer
@@ -296,8 +329,14 @@ pub(crate) mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("--max-errors 2"), "{err}");
-        let staged = crate::list_parquet(&location, STAGED_ERRORS_DIR).await.unwrap();
-        assert_eq!(staged.len(), 1, "the failures were made durable: {staged:?}");
+        let staged = crate::list_parquet(&location, STAGED_ERRORS_DIR)
+            .await
+            .unwrap();
+        assert_eq!(
+            staged.len(),
+            1,
+            "the failures were made durable: {staged:?}"
+        );
 
         let mut writer = StagingWriter::new(&location, "part-001-x", 256);
         let unlimited = ErrorBudget::new(None, 0);

@@ -1,25 +1,31 @@
-//! One run of the job, start to finish, and the benchmark around it.
+//! One run of the job, start to finish: the protocol, written once for
+//! embedded and cluster runs.
 //!
-//! [`run`] wires the stages together as three DataFusion queries over the
-//! engine's table and functions, in one direction:
+//! [`run`] checks the [`RunConfig`], opens the input and the output,
+//! prepares the output ([`Start`]: fresh, overwrite, resume or incremental),
+//! then runs the three phases on a backend and commits:
 //!
-//! 1. **featurize**: `images` → `featurize(root, key)` → features to
-//!    `_staging/`, failures straight to `errors/`;
+//! 1. **featurize**: every listed image not done yet → checkpoints under
+//!    `_staging/` (features and failures);
 //! 2. **fit**: `pca_fit(features)` over the staged features → `pca_model.json`;
 //! 3. **project**: staged features → `pca_project(...)` → `features/`;
 //!
-//! then `run.json` and `_SUCCESS`. It owns the run's configuration, the
-//! progress display and the report; it never decodes an image or touches the
-//! model's internals itself.
+//! then `errors/` and `inventory/` from the checkpoints, `run.json` and
+//! `_SUCCESS`. The backend (this process, or a Ballista cluster) only
+//! decides where each phase executes; the invariant checks (features +
+//! errors = listed, each slice once, no duplicate path) and the commit are
+//! here, once. It never decodes an image or touches the model's internals.
 
-pub mod bench;
-mod cluster_run;
+mod backend;
+mod config;
+mod embedded;
+mod on_cluster;
 mod progress;
-mod report;
+mod restart;
 mod run;
+mod tables;
 
-pub use cluster_run::{ClusterReport, WorkerReport};
+pub use config::{DEFAULT_CLUSTER_SLICES, Placement, RunConfig, Start};
 pub use progress::ProgressMode;
-pub use report::{Counts, RunReport};
-pub use run::{RunConfig, run};
-pub use verger_model::{EngineChoice, EngineConfig};
+pub use run::run;
+pub use verger_model::EngineChoice;

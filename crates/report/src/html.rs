@@ -76,13 +76,13 @@ pub fn page(data: &RunData, evaluation: Option<&Evaluation>, images: &Images<'_>
     if let Some(evaluation) = evaluation {
         classifier(&mut html, evaluation, images.confusion);
     }
-    run_details(&mut html, &data.run);
+    run_details(&mut html, &run_value(data));
     html.push_str("</body>\n</html>\n");
     html
 }
 
 fn header(html: &mut String, data: &RunData) {
-    let run = &data.run;
+    let run = &run_value(data);
     let count = |name: &str| run["counts"][name].as_u64();
     let _ = write!(
         html,
@@ -272,7 +272,7 @@ fn errors(html: &mut String, data: &RunData) {
             "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"path\">{}<br>\
              <span class=\"muted\">{}</span></td></tr>",
             escape(&group.stage),
-            escape(&group.reason),
+            escape(&group.kind),
             group.count,
             escape(&group.example_path),
             escape(&group.example_reason)
@@ -338,6 +338,7 @@ fn classifier(html: &mut String, evaluation: &Evaluation, confusion: Option<&str
 
 fn run_details(html: &mut String, run: &Value) {
     html.push_str("<h2>Run</h2>\n<div class=\"parts\">\n");
+    section_table(html, "Job", &run["job"], "");
     section_table(html, "Parameters", &run["parameters"], "");
     html.push_str(
         "<section><h3>Timings</h3>\n<table>\n<tr><th>step</th><th class=\"num\">value</th></tr>\n",
@@ -434,6 +435,11 @@ fn seconds(s: f64) -> String {
     } else {
         format!("{:.0} ms", s * 1000.0)
     }
+}
+
+/// `run.json` as a tree, so its sections render as generic tables.
+fn run_value(data: &RunData) -> Value {
+    serde_json::to_value(&data.run).expect("a run record always serialises")
 }
 
 #[cfg(test)]

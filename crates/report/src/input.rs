@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
 use futures::StreamExt;
-use serde::Deserialize;
-use verger_output::{ERRORS_DIR, FEATURES_DIR, PCA_MODEL_FILE, RUN_FILE, SUCCESS_FILE};
+use verger_output::{
+    ERRORS_DIR, FEATURES_DIR, PCA_MODEL_FILE, RUN_FILE, RunRecord, SUCCESS_FILE, list_parquet,
+};
+use verger_pca::PcaModel;
 use verger_store::{Location, ObjectKey};
 
 use crate::ReportError;
@@ -26,10 +28,10 @@ pub const MAX_POINTS: usize = 20_000;
 pub struct RunData {
     /// The output as users see it (`/abs/folder` or `s3://bucket/prefix`).
     pub root: String,
-    /// `run.json`, kept whole: the page shows its parameters and timings
-    /// as they are, including fields newer than this crate.
-    pub run: serde_json::Value,
-    pub pca: PcaSummary,
+    /// `run.json`: the page shows its job, parameters, timings and counts.
+    pub run: RunRecord,
+    /// `pca_model.json`.
+    pub pca: PcaModel,
     /// Images per label, most frequent first (ties by name).
     pub labels: Vec<(String, u64)>,
     /// Rows read from `features/`.
@@ -47,22 +49,6 @@ pub struct Point {
     pub y: f64,
 }
 
-/// The fields of `pca_model.json` the report shows.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PcaSummary {
-    pub k: usize,
-    pub n: u64,
-    pub dim: usize,
-    #[serde(default)]
-    pub center: bool,
-    /// Share of the total variance explained by each component.
-    pub explained_variance: Vec<f64>,
-    #[serde(default)]
-    pub eigenvalues: Vec<f64>,
-    #[serde(default)]
-    pub total_variance: f64,
-}
-
 /// The rows of `errors/`, grouped by stage and kind of reason.
 #[derive(Debug, Clone, Default)]
 pub struct ErrorSummary {
@@ -74,8 +60,8 @@ pub struct ErrorSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorGroup {
     pub stage: String,
-    /// The reason without its per-file details ([`verger_output::reason_kind`]).
-    pub reason: String,
+    /// The failure kind (`errors/`'s `kind` column: not_an_image, corrupt, …).
+    pub kind: String,
     pub count: u64,
     pub example_path: String,
     /// The example's full reason.
@@ -91,8 +77,12 @@ pub async fn read_run(location: &Location) -> Result<RunData, ReportError> {
             missing: location.display_key(&location.key(SUCCESS_FILE)),
         });
     }
-    let run: serde_json::Value = read_json(location, RUN_FILE).await?;
-    let pca: PcaSummary = read_json(location, PCA_MODEL_FILE).await?;
+    require(location, RUN_FILE).await?;
+    let run = RunRecord::read(location).await.map_err(document_error)?;
+    require(location, PCA_MODEL_FILE).await?;
+    let pca: PcaModel = verger_output::read_json(location, PCA_MODEL_FILE)
+        .await
+        .map_err(document_error)?;
     let (labels, rows, points) = read_features(location, pca.k).await?;
     let errors = read_errors(location).await?;
     tracing::info!(
@@ -113,39 +103,40 @@ pub async fn read_run(location: &Location) -> Result<RunData, ReportError> {
     })
 }
 
-/// A JSON document of the output; a missing one is named in the error.
-async fn read_json<T: serde::de::DeserializeOwned>(
-    location: &Location,
-    file: &str,
-) -> Result<T, ReportError> {
-    let key = location.key(file);
-    let shown = location.display_key(&key);
+/// A missing document is named in the error (before any read fails on it).
+async fn require(location: &Location, file: &str) -> Result<(), ReportError> {
     if !location.exists(file).await? {
         return Err(ReportError::MissingDocument {
             output: location.display_root().to_string(),
-            missing: shown,
+            missing: location.display_key(&location.key(file)),
         });
     }
-    let bytes = location.read(&key).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ReportError::Document {
-        file: shown,
-        reason: e.to_string(),
-    })
+    Ok(())
+}
+
+fn document_error(e: verger_output::OutputError) -> ReportError {
+    match e {
+        verger_output::OutputError::Document { file, reason } => {
+            ReportError::Document { file, reason }
+        }
+        other => ReportError::Document {
+            file: RUN_FILE.to_string(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 /// The Parquet parts of a table folder, in name order.
 async fn parts(location: &Location, dir: &str) -> Result<Vec<ObjectKey>, ReportError> {
-    let mut keys: Vec<ObjectKey> = location
-        .list_keys(dir)
-        .await?
-        .into_iter()
-        .filter(|k| k.as_ref().ends_with(".parquet"))
-        .collect();
-    keys.sort();
-    Ok(keys)
+    list_parquet(location, dir)
+        .await
+        .map_err(|e| ReportError::Parquet {
+            target: location.display_key(&location.key(dir)),
+            reason: e.to_string(),
+        })
 }
 
-/// The batches of one part, only the named columns (in the part's order).
+/// The batches of one part, only the named columns.
 async fn read_part(
     location: &Location,
     key: &ObjectKey,
@@ -161,7 +152,7 @@ async fn read_part(
             reason: other.to_string(),
         },
     };
-    let stream = verger_output::read_named_columns(location, key, columns)
+    let stream = verger_output::read_columns(location, key, columns)
         .await
         .map_err(&into_report)?;
     Ok(stream.map(move |batch| batch.map_err(&into_report)))
@@ -262,7 +253,7 @@ async fn read_errors(location: &Location) -> Result<ErrorSummary, ReportError> {
     let mut total = 0u64;
     for key in parts(location, ERRORS_DIR).await? {
         let target = location.display_key(&key);
-        let mut batches = read_part(location, &key, &["path", "stage", "reason"]).await?;
+        let mut batches = read_part(location, &key, &["path", "stage", "kind", "reason"]).await?;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             let schema = batch.schema();
@@ -275,19 +266,22 @@ async fn read_errors(location: &Location) -> Result<ErrorSummary, ReportError> {
                     .as_string_opt::<i32>()
                     .ok_or_else(|| column_error(&target, format!("column {name} is not a string")))
             };
-            let (path, stage, reason) = (column("path")?, column("stage")?, column("reason")?);
+            let (path, stage, kind, reason) = (
+                column("path")?,
+                column("stage")?,
+                column("kind")?,
+                column("reason")?,
+            );
             for row in 0..batch.num_rows() {
                 total += 1;
-                let full_reason = reason.value(row);
-                let kind = verger_output::reason_kind(full_reason).to_string();
                 let group = groups
-                    .entry((stage.value(row).to_string(), kind.clone()))
+                    .entry((stage.value(row).to_string(), kind.value(row).to_string()))
                     .or_insert_with(|| ErrorGroup {
                         stage: stage.value(row).to_string(),
-                        reason: kind,
+                        kind: kind.value(row).to_string(),
                         count: 0,
                         example_path: path.value(row).to_string(),
-                        example_reason: full_reason.to_string(),
+                        example_reason: reason.value(row).to_string(),
                     });
                 group.count += 1;
             }
@@ -298,7 +292,7 @@ async fn read_errors(location: &Location) -> Result<ErrorSummary, ReportError> {
         b.count
             .cmp(&a.count)
             .then_with(|| a.stage.cmp(&b.stage))
-            .then_with(|| a.reason.cmp(&b.reason))
+            .then_with(|| a.kind.cmp(&b.kind))
     });
     Ok(ErrorSummary { total, groups })
 }

@@ -39,7 +39,7 @@ mod plots;
 
 pub use evaluation::{ClassScore, Evaluation, KnnBaseline};
 pub use html::escape;
-pub use input::{ErrorGroup, ErrorSummary, MAX_POINTS, PcaSummary, Point, RunData, read_run};
+pub use input::{ErrorGroup, ErrorSummary, MAX_POINTS, Point, RunData, read_run};
 pub use plots::{Legend, MAX_BARS, PALETTE};
 
 use verger_store::{Location, StoreError};

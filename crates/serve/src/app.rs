@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::batcher::{self, Job};
 use crate::fruit_info::{FruitInfo, FruitTable};
 use crate::metrics::Metrics;
-use crate::{Limits, ModelInfo, Service};
+use crate::{Limits, ServedModel, Service};
 
 const PAGE: &str = include_str!("../page/index.html");
 
@@ -49,7 +49,7 @@ struct AppState {
     labels: Vec<String>,
     /// The info card of each label, by label index.
     cards: Vec<Option<FruitInfo>>,
-    model: ModelInfo,
+    model: ServedModel,
     metrics: Arc<Metrics>,
 }
 

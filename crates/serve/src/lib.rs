@@ -7,8 +7,8 @@
 //! HTTP routes (`POST /v1/identify`, the web page at `/`, `/healthz`,
 //! `/metrics`), the limits that keep one bad request from hurting the others
 //! (body size, pixel count, timeouts, a bounded queue), micro-batching of
-//! concurrent requests into one inference call, the fruit-information table,
-//! and the load-test client (`verger bench-serve`).
+//! concurrent requests into one inference call, and the fruit-information
+//! table. (Its load-test client, `verger bench-serve`, is in `verger-bench`.)
 //!
 //! It must not touch DataFusion, Ballista or storage, and never trains: the
 //! classifier comes ready-made from `verger train` (`verger-classifier`), the
@@ -26,7 +26,6 @@
 mod app;
 mod batcher;
 pub mod fruit_info;
-pub mod loadtest;
 mod metrics;
 
 use std::future::Future;
@@ -135,7 +134,7 @@ impl Default for Limits {
 
 /// What `/healthz` says about the loaded models.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ModelInfo {
+pub struct ServedModel {
     pub engine: String,
     pub model_sha256: String,
     pub labels: usize,
@@ -145,7 +144,7 @@ pub struct ModelInfo {
 pub struct Service {
     model: Arc<dyn Featurize>,
     classifier: Arc<dyn Classify>,
-    info: ModelInfo,
+    info: ServedModel,
     limits: Limits,
     batch: BatchConfig,
 }
@@ -171,7 +170,7 @@ impl Service {
             &file.sha256,
         )?;
         let model = verger_model::SharedModel::load(&model_path, &config.engine)?;
-        let info = ModelInfo {
+        let info = ServedModel {
             engine: model.engine_name().to_string(),
             model_sha256: file.sha256,
             labels: classifier.labels().len(),
@@ -189,7 +188,7 @@ impl Service {
     pub fn from_parts(
         model: Arc<dyn Featurize>,
         classifier: Arc<dyn Classify>,
-        info: ModelInfo,
+        info: ServedModel,
         limits: Limits,
         batch: BatchConfig,
     ) -> Service {

@@ -480,7 +480,7 @@ impl Location {
         use futures::StreamExt;
         let mut attempt = 1;
         loop {
-            let input = futures::stream::iter(keys.to_vec().into_iter().map(Ok)).boxed();
+            let input = futures::stream::iter(keys.to_vec()).map(Ok).boxed();
             let outcomes: Vec<object_store::Result<Path>> =
                 self.store.delete_stream(input).collect().await;
             let failure = outcomes
@@ -543,8 +543,10 @@ impl Location {
                 a.starts_with(b) || b.starts_with(a)
             }
             (StoreKind::S3 { bucket: a }, StoreKind::S3 { bucket: b }) if a == b => {
-                let (x, y): (Vec<_>, Vec<_>) =
-                    (self.prefix.parts().collect(), other.prefix.parts().collect());
+                let (x, y): (Vec<_>, Vec<_>) = (
+                    self.prefix.parts().collect(),
+                    other.prefix.parts().collect(),
+                );
                 x.starts_with(&y) || y.starts_with(&x)
             }
             _ => false,
@@ -653,13 +655,12 @@ fn remove_tree_local(
     dir: &std::path::Path,
     deleted: &mut Deleted,
 ) -> Result<(), StoreError> {
-    let access = |action: &'static str, path: &std::path::Path, e: std::io::Error| {
-        StoreError::Access {
+    let access =
+        |action: &'static str, path: &std::path::Path, e: std::io::Error| StoreError::Access {
             action,
             target: path.display().to_string(),
             reason: e.to_string(),
-        }
-    };
+        };
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -765,8 +766,14 @@ mod tests {
         let at = |p: &std::path::Path| Location::parse(p.to_str().unwrap()).unwrap();
         let input = at(&photos);
         assert!(input.overlaps(&at(&photos)), "the same folder");
-        assert!(input.overlaps(&at(&photos.join("out"))), "output inside input");
-        assert!(at(&photos.join("out")).overlaps(&input), "input inside output");
+        assert!(
+            input.overlaps(&at(&photos.join("out"))),
+            "output inside input"
+        );
+        assert!(
+            at(&photos.join("out")).overlaps(&input),
+            "input inside output"
+        );
         assert!(input.overlaps(&at(dir.path())), "output is a parent");
         assert!(
             !input.overlaps(&at(&dir.path().join("photos-out"))),
@@ -816,7 +823,10 @@ mod tests {
         assert_eq!(std::fs::read(precious.join("photo.jpg")).unwrap(), b"keep");
         assert!(!out.join("features/part-0.parquet").exists());
         assert!(!out.join("features/sub").exists(), "emptied folders go");
-        assert!(location.delete_all("").await.is_err(), "never the whole location");
+        assert!(
+            location.delete_all("").await.is_err(),
+            "never the whole location"
+        );
         assert!(location.delete_all("/").await.is_err());
     }
 
@@ -824,12 +834,18 @@ mod tests {
     async fn sync_local_reaches_every_file_and_reports_them() {
         let dir = tempfile::tempdir().unwrap();
         let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
-        location.write("a/b/part.parquet", b"x".to_vec()).await.unwrap();
+        location
+            .write("a/b/part.parquet", b"x".to_vec())
+            .await
+            .unwrap();
         location.write("run.json", b"{}".to_vec()).await.unwrap();
         let keys = [location.key("a/b/part.parquet"), location.key("run.json")];
         assert_eq!(location.sync_local(&keys).unwrap(), 2);
         let missing = [location.key("a/missing.parquet")];
-        assert!(location.sync_local(&missing).is_err(), "a missing part is an error");
+        assert!(
+            location.sync_local(&missing).is_err(),
+            "a missing part is an error"
+        );
         let s3 = Location::parse("s3://b/x").unwrap();
         assert_eq!(s3.sync_local(&keys).unwrap(), 0);
     }

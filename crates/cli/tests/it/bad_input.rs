@@ -46,6 +46,7 @@ const REQUIRED: &[(&str, Expect)] = &[
     ("odd/cmyk.jpg", Expect::Features),
     ("odd/palette_alpha.png", Expect::Features),
     ("odd/one_pixel.jpg", Expect::Features),
+    ("odd/big.jpg", Expect::Features),
     ("odd/hash#and%20percent.jpg", Expect::Features),
     ("root level.jpg", Expect::Features),
     ("Äpfel Grün/ñ 1.jpg", Expect::Features),
@@ -189,6 +190,21 @@ fn mixed_inputs_split_into_features_and_errors() {
         assert!(!e.stage.trim().is_empty(), "empty stage: {e:?}");
         assert!(!e.reason.trim().is_empty(), "empty reason: {e:?}");
     }
+    // Each failure carries its typed kind, so nobody parses the reason text.
+    let kind_of = |rel: &str| {
+        run.errors
+            .iter()
+            .find(|e| e.path == t.abs(rel))
+            .map(|e| (e.stage.as_str(), e.kind.as_str()))
+    };
+    assert_eq!(kind_of("broken/empty.jpg"), Some(("decode", "empty")));
+    assert_eq!(kind_of("broken/truncated.jpg"), Some(("decode", "corrupt")));
+    assert_eq!(
+        kind_of("broken/random.jpg"),
+        Some(("decode", "not_an_image"))
+    );
+    assert_eq!(kind_of("broken/text.jpg"), Some(("decode", "not_an_image")));
+    assert_eq!(kind_of("broken/huge.png"), Some(("decode", "too_large")));
     let huge = run
         .errors
         .iter()

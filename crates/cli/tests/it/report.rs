@@ -211,7 +211,7 @@ fn report_of_the_sample_run_renders_in_chromium() {
     // Explained variance, parameters and timings from the run's documents.
     let explained = s.run.pca_model["explained_variance"][0].as_f64().unwrap();
     assert!(html.contains(&format!("{:.1}%", explained * 100.0)));
-    let input = s.run.run_json["parameters"]["input"].as_str().unwrap();
+    let input = s.run.run_json["job"]["input"].as_str().unwrap();
     assert!(html.contains(&escape(input)), "run.json input {input}");
     for timing in ["featurize_s", "stages.inference_s", "total_s"] {
         assert!(html.contains(&format!("<td>{timing}</td>")), "{timing}");

@@ -267,7 +267,6 @@ fn serve_identifies_sample_photos_and_refuses_bad_requests() {
         ),
     ];
     for (content_type, body, statuses, kind) in cases {
-        let started = Instant::now();
         let r = server.post(content_type, &body);
         assert!(
             statuses.contains(&r.status),
@@ -280,11 +279,6 @@ fn serve_identifies_sample_photos_and_refuses_bad_requests() {
             r.json["error"].as_str().is_some_and(|m| !m.is_empty()),
             "{}",
             r.text
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{kind} took {:?}",
-            started.elapsed()
         );
     }
     let r = server.get("/v1/nothing-here");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{BatchConfig, Classify, Featurize, Limits, ModelInfo, Ranking, Service};
+use crate::{BatchConfig, Classify, Featurize, Limits, Ranking, ServedModel, Service};
 
 /// Features = the mean of each colour plane (3 values).
 struct PlaneMeans {
@@ -97,7 +97,7 @@ fn start(limits: Limits, model_delay: Duration) -> Server {
     let service = Service::from_parts(
         Arc::clone(&model) as Arc<dyn Featurize>,
         classifier,
-        ModelInfo {
+        ServedModel {
             engine: "stand-in".into(),
             model_sha256: "0".repeat(64),
             labels: 3,

@@ -66,6 +66,16 @@ impl TestCluster {
     /// --threads 1`: two executors share this machine's cores), ready to
     /// take work. `env` (S3 settings) goes to every executor.
     pub fn start(executor_ids: &[&str], env: &[(String, String)], executor_timeout_s: u64) -> Self {
+        Self::start_with_model(executor_ids, env, executor_timeout_s, &model_path())
+    }
+
+    /// Like [`TestCluster::start`], with the executors loading `model`.
+    pub fn start_with_model(
+        executor_ids: &[&str],
+        env: &[(String, String)],
+        executor_timeout_s: u64,
+        model: &Path,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("verger-ballista-")
             .tempdir()
@@ -97,7 +107,7 @@ impl TestCluster {
                 .args(["--flight-port", &flight_port.to_string()])
                 .args(["--concurrent-tasks", "2", "--threads", "1"])
                 .arg("--model")
-                .arg(model_path())
+                .arg(model)
                 .arg("--work-dir")
                 .arg(work_dir)
                 .spawn()

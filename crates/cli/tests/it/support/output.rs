@@ -27,6 +27,7 @@ pub struct ErrorRow {
     pub path: String,
     pub label: String,
     pub stage: String,
+    pub kind: String,
     pub reason: String,
 }
 
@@ -179,14 +180,20 @@ pub fn read_errors(dir: &Path) -> Vec<ErrorRow> {
         let paths = strings(&b, "path");
         let labels = strings(&b, "label");
         let stages = strings(&b, "stage");
+        let kinds = strings(&b, "kind");
         let reasons = strings(&b, "reason");
-        for (((path, label), stage), reason) in
-            paths.into_iter().zip(labels).zip(stages).zip(reasons)
+        for ((((path, label), stage), kind), reason) in paths
+            .into_iter()
+            .zip(labels)
+            .zip(stages)
+            .zip(kinds)
+            .zip(reasons)
         {
             out.push(ErrorRow {
                 path,
                 label,
                 stage,
+                kind,
                 reason,
             });
         }

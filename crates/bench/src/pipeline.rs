@@ -217,7 +217,7 @@ fn model_ceiling(
 struct ChildRun {
     wall_s: f64,
     peak_rss_kib: i64,
-    report: serde_json::Value,
+    record: verger_output::RunRecord,
 }
 
 /// What one measured run works on.
@@ -275,12 +275,15 @@ fn run_child(
     if status != 0 {
         bail!("verger run failed during the benchmark (wait status {status})");
     }
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(target.output.join(verger_output::RUN_FILE))?)?;
+    let run_file = target.output.join(verger_output::RUN_FILE);
+    let record = verger_output::RunRecord::decode(
+        &std::fs::read(&run_file)?,
+        &run_file.display().to_string(),
+    )?;
     Ok(ChildRun {
         wall_s,
         peak_rss_kib,
-        report,
+        record,
     })
 }
 
@@ -311,12 +314,7 @@ fn to_row(
     ceiling: f64,
     run: &ChildRun,
 ) -> Result<BenchRow> {
-    let number = |pointer: &str| {
-        run.report
-            .pointer(pointer)
-            .and_then(serde_json::Value::as_f64)
-            .with_context(|| format!("run.json lacks {pointer}"))
-    };
+    let (timings, stages) = (&run.record.timings, &run.record.timings.stages);
     let n = images as f64;
     let rate = |seconds: f64| (seconds > 0.0).then(|| n / seconds);
     // The run's own total excludes process start; the wall time includes it.
@@ -331,14 +329,14 @@ fn to_row(
         wall_s: run.wall_s,
         peak_rss_mib: run.peak_rss_kib as f64 / 1024.0,
         stage_images_per_s: StageRates {
-            list: rate(number("/timings/stages/list_s")?),
-            read: rate(number("/timings/stages/read_s")?),
-            decode_resize: rate(number("/timings/stages/decode_resize_s")?),
-            inference: rate(number("/timings/stages/inference_s")?),
-            pca_fit: rate(number("/timings/pca_fit_s")?),
-            write: rate(number("/timings/project_write_s")?),
+            list: rate(stages.list_s),
+            read: rate(stages.read_s),
+            decode_resize: rate(stages.decode_resize_s),
+            inference: rate(stages.inference_s),
+            pca_fit: rate(timings.pca_fit_s),
+            write: rate(timings.project_write_s),
         },
-        errors: number("/counts/errors")? as u64,
+        errors: run.record.counts.errors,
     })
 }
 
@@ -580,13 +578,7 @@ pub fn bench_listing(
             output: &output,
         };
         let full = run_child(verger_exe, config, &target, &["--k", "2"])?;
-        let number = |pointer: &str| {
-            full.report
-                .pointer(pointer)
-                .and_then(serde_json::Value::as_f64)
-                .with_context(|| format!("run.json lacks {pointer}"))
-        };
-        let (list_s, error_rows) = (number("/timings/stages/list_s")?, number("/counts/errors")?);
+        let (list_s, error_rows) = (full.record.timings.stages.list_s, full.record.counts.errors);
 
         // Killed once half the checkpoints of a full run exist, then resumed.
         let resumed_output = work.path().join(format!("resumed-{objects}"));
@@ -635,11 +627,7 @@ pub fn bench_listing(
             &["--k", "2", "--resume"],
         )
         .context("the resumed run failed")?;
-        let resume_skipped = resumed
-            .report
-            .pointer("/counts/resumed")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
+        let resume_skipped = resumed.record.counts.resumed;
         std::fs::remove_dir_all(&resumed_output).ok();
         std::fs::remove_dir_all(&input).ok();
         let row = ListingRow {
@@ -650,7 +638,7 @@ pub fn bench_listing(
             peak_rss_mib: full.peak_rss_kib as f64 / 1024.0,
             resume_peak_rss_mib: resumed.peak_rss_kib as f64 / 1024.0,
             resume_skipped,
-            error_rows: error_rows as u64,
+            error_rows,
         };
         eprintln!("bench: {row:?}");
         rows.push(row);

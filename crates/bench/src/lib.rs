@@ -1,0 +1,14 @@
+//! The benchmarks: figures taken in one run, as ratios with the absolute
+//! numbers beside them (the machine is shared and noisy).
+//!
+//! - [`pipeline`]: `verger bench`, a real `verger run` child process against
+//!   the model-only ceiling (embedded or on a local Ballista cluster), and
+//!   the listing-scale benchmark on synthetic collections;
+//! - [`serve_load`]: `verger bench-serve`, a bounded load test of a running
+//!   `verger serve`.
+//!
+//! It owns child processes, `wait4` and `/proc` readings; it never reaches
+//! into the pipeline or the service, it runs them as users do.
+
+pub mod pipeline;
+pub mod serve_load;
