@@ -77,8 +77,9 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Assembles a classifier, checking that every shape agrees.
-    pub fn new(
+    /// Assembles a classifier, checking that every shape agrees (the
+    /// reason for people when one does not).
+    pub(crate) fn new(
         labels: Vec<String>,
         feature_model_sha256: String,
         standardize: Standardize,
@@ -111,8 +112,9 @@ impl Classifier {
         Self::from_json(&text).map_err(|reason| ClassifierError::Invalid { file, reason })
     }
 
-    /// Parses the text of a `classifier.json`.
-    pub fn from_json(text: &[u8]) -> Result<Classifier, String> {
+    /// Parses the text of a `classifier.json` (the reason for people when
+    /// it is not one; [`Classifier::load`] names the file).
+    pub(crate) fn from_json(text: &[u8]) -> Result<Classifier, String> {
         // The header first, so that another format or version is named as
         // such rather than as a missing field.
         #[derive(Deserialize)]

@@ -92,6 +92,11 @@ impl OutputDir {
                 example,
             });
         }
+        if let Some(link) = VERGER_NAMES.iter().find(|name| location.is_symlink(name)) {
+            return Err(OutputError::Symlink {
+                location: location.display_key(&location.key(link)),
+            });
+        }
         if !overwrite {
             return Err(OutputError::NotEmpty {
                 location: location.display_root().to_string(),
@@ -315,6 +320,15 @@ mod tests {
         }
         std::os::unix::fs::symlink(&precious, out.join("features/linked")).unwrap();
         let location = local(&out);
+        // A top-level name of verger's that is a symlink: verger would write
+        // through it, so the output is refused before anything is deleted.
+        std::fs::rename(out.join("_staging"), tmp.path().join("staging-was")).unwrap();
+        std::os::unix::fs::symlink(&precious, out.join("_staging")).unwrap();
+        let err = OutputDir::prepare(location.clone(), true).await.unwrap_err();
+        assert!(matches!(err, OutputError::Symlink { .. }), "{err}");
+        assert!(out.join("run.json").exists(), "nothing was deleted");
+        std::fs::remove_file(out.join("_staging")).unwrap();
+        std::fs::rename(tmp.path().join("staging-was"), out.join("_staging")).unwrap();
 
         let refused = OutputDir::prepare(location.clone(), false)
             .await

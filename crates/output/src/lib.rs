@@ -101,6 +101,11 @@ pub enum OutputError {
          verger's files, and any --overwrite, stay inside it"
     )]
     BucketRoot { location: String },
+    #[error(
+        "{location} is a symlink: verger would write through it to another folder; \
+         remove the link (or choose another --output)"
+    )]
+    Symlink { location: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot write Parquet to {target}: {reason}")]

@@ -585,6 +585,14 @@ impl Location {
         Some(parts.join("/"))
     }
 
+    /// Whether `relative` is a symlink in a local folder (never on S3):
+    /// writing through it would leave the location.
+    pub fn is_symlink(&self, relative: &str) -> bool {
+        self.local.is_some()
+            && std::fs::symlink_metadata(std::path::Path::new(&self.display_root).join(relative))
+                .is_ok_and(|meta| meta.file_type().is_symlink())
+    }
+
     /// An S3 location at the root of its bucket (`s3://bucket`).
     pub fn is_bucket_root(&self) -> bool {
         matches!(self.kind, StoreKind::S3 { .. }) && self.prefix.as_ref().is_empty()

@@ -42,14 +42,14 @@ fn existing_output_is_refused_without_overwrite() {
 }
 
 #[test]
-fn overwrite_replaces_the_previous_run_entirely() {
+fn overwrite_replaces_verger_files_and_leaves_the_rest_named() {
     let tmp = tempdir();
     let input = tmp.path().join("in");
     let first = copy_sample_subset(&input, "Test", LABELS, 3);
     let out = tmp.path().join("out");
     Verger::run(&input, &out).exec().assert_success();
-    // Plant leftovers a previous (different) run could have left.
-    std::fs::write(out.join("stale.txt"), "old").unwrap();
+    // A user's own file beside the result, and an old part verger wrote.
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
     let old_features = walk_files(&out.join("features"));
     assert!(!old_features.is_empty());
     std::fs::copy(&old_features[0], out.join("features/old.parquet")).unwrap();
@@ -61,9 +61,14 @@ fn overwrite_replaces_the_previous_run_entirely() {
         .arg("--overwrite")
         .exec()
         .assert_success();
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine",
+        "--overwrite deleted a file verger did not write"
+    );
     assert!(
-        !out.join("stale.txt").exists(),
-        "stale.txt survived --overwrite"
+        o.stderr.contains("did not write") && o.stderr.contains("notes.txt"),
+        "the file left in place is named: {o:?}"
     );
     assert!(
         !out.join("features/old.parquet").exists(),
@@ -80,6 +85,84 @@ fn overwrite_replaces_the_previous_run_entirely() {
         out.join("_SUCCESS").is_file(),
         "_SUCCESS missing after overwrite"
     );
+}
+
+/// `--output` the input itself, inside it, or around it: refused before
+/// anything is listed, created or deleted, `--overwrite` or not.
+#[test]
+fn an_output_that_overlaps_the_input_is_refused() {
+    let tmp = tempdir();
+    let photos = tmp.path().join("photos");
+    copy_sample_subset(&photos, "Test", LABELS, 2);
+    // A verger result inside the photos would make --overwrite tempting.
+    let before = snapshot(tmp.path());
+    for output in [
+        photos.clone(),
+        photos.join("Apricot"),
+        photos.join("results"),
+        tmp.path().to_path_buf(),
+    ] {
+        let o = Verger::run(&photos, &output)
+            .arg("--overwrite")
+            .exec()
+            .assert_failure();
+        assert!(o.stderr.contains("overlap"), "{}: {o:?}", output.display());
+        assert_eq!(snapshot(tmp.path()), before, "{}", output.display());
+    }
+}
+
+/// A folder that holds anything verger did not make (a home directory, a
+/// project) is never written into, even with --overwrite.
+#[test]
+fn a_folder_verger_did_not_make_is_refused_even_with_overwrite() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    copy_sample_subset(&input, "Test", LABELS, 2);
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join("Documents")).unwrap();
+    std::fs::write(home.join("Documents/thesis.tex"), "years of work").unwrap();
+    std::fs::write(home.join(".bashrc"), "alias x=y").unwrap();
+    let before = snapshot(&home);
+    let o = Verger::run(&input, &home)
+        .arg("--overwrite")
+        .exec()
+        .assert_failure();
+    assert!(o.stderr.contains("not made by verger"), "{o:?}");
+    assert_eq!(snapshot(&home), before);
+}
+
+/// A symlinked folder inside a previous result must not lead an overwrite
+/// out of the output.
+#[test]
+fn overwrite_never_follows_a_symlink_out_of_the_output() {
+    let tmp = tempdir();
+    let input = tmp.path().join("in");
+    copy_sample_subset(&input, "Test", LABELS, 2);
+    let out = tmp.path().join("out");
+    Verger::run(&input, &out).exec().assert_success();
+    let precious = tmp.path().join("precious");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("photo.jpg"), "keep").unwrap();
+    std::os::unix::fs::symlink(&precious, out.join("features/linked")).unwrap();
+    // A top-level name verger writes through is refused, nothing deleted.
+    std::os::unix::fs::symlink(&precious, out.join("_staging")).unwrap();
+    let o = Verger::run(&input, &out)
+        .arg("--overwrite")
+        .exec()
+        .assert_failure();
+    assert!(o.stderr.contains("is a symlink"), "{o:?}");
+    assert!(out.join("_SUCCESS").is_file(), "nothing was deleted");
+    std::fs::remove_file(out.join("_staging")).unwrap();
+    // A link inside a folder of verger's is left alone, and not followed.
+    Verger::run(&input, &out)
+        .arg("--overwrite")
+        .exec()
+        .assert_success();
+    assert_eq!(
+        std::fs::read_to_string(precious.join("photo.jpg")).unwrap(),
+        "keep"
+    );
+    assert_eq!(walk_files(&precious).len(), 1, "nothing was written there");
 }
 
 /// `--overwrite` removes the previous result only once the run can start:

@@ -298,3 +298,50 @@ fn s3_output_overwrite_removes_stale_objects() {
     assert_eq!(run.features.len(), copied.len(), "{o:?}");
     assert_eq!(run.counts(), (copied.len() as u64, copied.len() as u64, 0));
 }
+
+/// Deleting many objects goes out in bulk-delete requests, never one request
+/// per object; and a bucket root is never an output.
+#[test]
+fn s3_deletes_go_in_bulk_and_a_bucket_root_is_refused() {
+    use crate::support::fault_proxy::{FaultPlan, FaultProxy};
+    let s3 = SeaweedFs::start();
+    s3.tool(["mb", "fruits"]);
+    let tmp = tempdir();
+    let local = tmp.path().join("in");
+    let images = crate::support::copy_sample_subset(&local, "Test", &["Kiwi", "Lemon"], 6);
+    s3.tool([
+        "upload".as_ref(),
+        local.as_os_str(),
+        "s3://fruits/few/".as_ref(),
+    ]);
+    let proxy = FaultProxy::start(s3.s3_port, FaultPlan::pass_through());
+    let mut env = s3.env();
+    env.push(("AWS_ENDPOINT_URL".into(), proxy.endpoint()));
+    // One checkpoint per image: the commit removes `_staging/` and its
+    // dozen files at the end of the run.
+    Verger::run("s3://fruits/few/", "s3://fruits/bulk/")
+        .args(["--checkpoint-every", "1", "--k", "2"])
+        .envs(&env)
+        .exec()
+        .assert_success();
+    let (deletes, _) = proxy.matching("DELETE", "");
+    let (bulk, _) = proxy.matching("POST", "delete");
+    assert!(
+        bulk + deletes < images.len(),
+        "{} checkpoints removed with {bulk} bulk and {deletes} single requests",
+        images.len()
+    );
+    let listed = s3.tool(["ls", "s3://fruits/bulk/"]).to_string();
+    assert!(!listed.contains("_staging"), "{listed}");
+
+    let o = Verger::run(&local, "s3://fruits")
+        .envs(&s3.env())
+        .exec()
+        .assert_failure();
+    assert!(o.stderr.contains("whole bucket"), "{o:?}");
+    let o = Verger::run("s3://fruits/few/", "s3://fruits/few/results/")
+        .envs(&s3.env())
+        .exec()
+        .assert_failure();
+    assert!(o.stderr.contains("overlap"), "{o:?}");
+}
