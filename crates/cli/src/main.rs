@@ -159,7 +159,7 @@ struct ModelArgs {
     #[arg(long)]
     engine: Option<EngineArg>,
     /// ONNX Runtime shared library (libonnxruntime.so from the onnxruntime wheel)
-    #[arg(long = "ort-lib", env = "ORT_DYLIB_PATH")]
+    #[arg(long = "ort-lib")]
     ort_library: Option<PathBuf>,
     /// Images per inference batch
     #[arg(long, default_value_t = 32)]

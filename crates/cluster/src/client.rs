@@ -81,6 +81,58 @@ impl Cluster {
         }
     }
 
+    /// Cancels the jobs still queued or running on the scheduler that write
+    /// to `output` (those of an interrupted client: a killed client's job
+    /// goes on running, and would write beside a new run). Returns their ids.
+    pub async fn cancel_jobs_writing(&self, output: &str) -> Result<Vec<String>> {
+        let base = format!("http://{}:{}", self.host, self.port);
+        let suffix = job_suffix(output);
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(10)))
+                .build()
+                .into();
+            let jobs: Vec<JobStatus> = agent
+                .get(format!("{base}/api/jobs"))
+                .call()
+                .and_then(|mut r| r.body_mut().read_json())
+                .with_context(|| format!("cannot list the jobs of the scheduler at {base}"))?;
+            let mut cancelled = Vec::new();
+            for job in jobs
+                .iter()
+                .filter(|j| j.is_live() && j.job_name.ends_with(&suffix))
+            {
+                tracing::warn!(
+                    job = job.job_id,
+                    name = job.job_name,
+                    "cancelling the job of an interrupted run on the same output"
+                );
+                agent
+                    .patch(format!("{base}/api/job/{}", job.job_id))
+                    .send_empty()
+                    .with_context(|| format!("cannot cancel job {}", job.job_id))?;
+                cancelled.push(job.job_id.clone());
+            }
+            // Its tasks stop writing once the scheduler has them cancelled.
+            let started = std::time::Instant::now();
+            while !cancelled.is_empty() && started.elapsed() < Duration::from_secs(30) {
+                let jobs: Vec<JobStatus> = agent
+                    .get(format!("{base}/api/jobs"))
+                    .call()
+                    .and_then(|mut r| r.body_mut().read_json())?;
+                if !jobs
+                    .iter()
+                    .any(|j| j.is_live() && cancelled.contains(&j.job_id))
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            anyhow::Ok(cancelled)
+        })
+        .await?
+    }
+
     fn planner(&self, slices: u32) -> Result<SessionContext> {
         let config = session_config().with_target_partitions(slices as usize);
         let ctx = SessionContext::new_with_config(config);
@@ -209,6 +261,26 @@ impl Cluster {
         let batches = self.submit_with_retry(plan, slices, job_name).await?;
         Ok(summaries(&batches)?)
     }
+}
+
+/// A job as the scheduler's REST API lists it.
+#[derive(Debug, serde::Deserialize)]
+struct JobStatus {
+    job_id: String,
+    job_name: String,
+    status: String,
+}
+
+impl JobStatus {
+    fn is_live(&self) -> bool {
+        matches!(self.status.as_str(), "Queued" | "Running")
+    }
+}
+
+/// How every job name of a run ends: the output it writes to, so a later
+/// run on the same output finds (and cancels) an interrupted run's jobs.
+pub fn job_suffix(output: &str) -> String {
+    format!(" → {output}")
 }
 
 /// Phase 1 of a run, as the client hands it to the cluster: everything an

@@ -98,8 +98,10 @@ pub fn summaries(batches: &[RecordBatch]) -> Result<Vec<TaskSummary>> {
     Ok(out)
 }
 
+/// Ballista sends a task's error to the client as text built with `{:?}`:
+/// an `Execution` error keeps verger's own message readable there.
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
+    DataFusionError::Execution(e.to_string())
 }
 
 /// Drains its input into Parquet parts named by slice; one summary row out

@@ -38,7 +38,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use verger_output::{DoneWork, STAGED_FEATURES_DIR, staged_features_schema};
+use verger_output::{DoneWork, STAGED_FEATURES_DIR, StagingManifest, staged_features_schema};
 use verger_store::{Location, NameFilter};
 
 /// The column every sliced operator adds: which slice a row belongs to.
@@ -129,8 +129,10 @@ fn properties_over(input: &Arc<dyn ExecutionPlan>, schema: SchemaRef) -> Arc<Pla
     ))
 }
 
+/// Ballista sends a task's error to the client as text built with `{:?}`:
+/// an `Execution` error keeps verger's own message readable there.
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
+    DataFusionError::Execution(e.to_string())
 }
 
 /// What an [`ImageListExec`] needs; it travels in the plan as JSON.
@@ -143,14 +145,9 @@ pub struct ImageListSpec {
     pub batch_size: usize,
     /// The run's output: its checkpoints say which images are already done.
     pub output: String,
-    /// This run's attempt id: checkpoints carrying it were written by this
-    /// very run (a task run twice), so they are rewritten, not skipped.
+    /// This run's attempt id: a task of another attempt (an interrupted
+    /// run's job still running) stops instead of listing.
     pub attempt: String,
-}
-
-/// Whether a checkpoint file was written by the run attempt `attempt`.
-pub fn written_by_attempt(file_name: &str, attempt: &str) -> bool {
-    file_name.contains(&format!("-{attempt}-"))
 }
 
 /// Seeds in, `images` rows of the seed's slice out (plus `slice`).
@@ -247,12 +244,13 @@ impl ExecutionPlan for ImageListExec {
                     let _first_seed_only = m.slice.set(slice);
                 });
                 futures::stream::once(async move {
-                    let attempt = spec.attempt.clone();
-                    let done = DoneWork::read_where(
-                        &output,
-                        &|file| !written_by_attempt(file, &attempt),
-                        &|path| slice_of(path, of) == slice,
-                    )
+                    let manifest = StagingManifest::read(&output).await.map_err(external)?;
+                    manifest
+                        .check_current(&spec.attempt, &output)
+                        .map_err(external)?;
+                    let done = DoneWork::read_where(&output, &manifest, &|path| {
+                        slice_of(path, of) == slice
+                    })
                     .await
                     .map_err(external)?;
                     Ok::<_, DataFusionError>(slice_images(
@@ -429,14 +427,16 @@ impl ExecutionPlan for StagedReadExec {
     }
 }
 
-/// The staged parts that belong to one slice (by the hash of their file
-/// name, whoever wrote them), in name order.
+/// The staged parts the run trusts that belong to one slice (by the hash of
+/// their file name, whoever wrote them), in name order.
 async fn staged_files(
     location: Location,
     slice: u32,
     of: u32,
 ) -> Result<Vec<object_store::path::Path>> {
-    let files = verger_output::list_parquet(&location, STAGED_FEATURES_DIR)
+    let manifest = StagingManifest::read(&location).await.map_err(external)?;
+    let files = manifest
+        .parts(&location, STAGED_FEATURES_DIR)
         .await
         .map_err(external)?;
     Ok(files

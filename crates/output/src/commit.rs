@@ -324,7 +324,9 @@ mod tests {
         // through it, so the output is refused before anything is deleted.
         std::fs::rename(out.join("_staging"), tmp.path().join("staging-was")).unwrap();
         std::os::unix::fs::symlink(&precious, out.join("_staging")).unwrap();
-        let err = OutputDir::prepare(location.clone(), true).await.unwrap_err();
+        let err = OutputDir::prepare(location.clone(), true)
+            .await
+            .unwrap_err();
         assert!(matches!(err, OutputError::Symlink { .. }), "{err}");
         assert!(out.join("run.json").exists(), "nothing was deleted");
         std::fs::remove_file(out.join("_staging")).unwrap();

@@ -25,6 +25,9 @@
 //! - [`commit`]: [`OutputDir`], which refuses what verger did not make,
 //!   deletes only verger's own names, and makes `_SUCCESS` the last, durable
 //!   write;
+//! - [`manifest`]: which checkpoints a run trusts (those it found when it
+//!   started, and its own), so nothing a not-quite-dead earlier run writes
+//!   can slip in;
 //! - [`resume`] and [`incremental`]: what it takes to restart, from the
 //!   checkpoints of an interrupted run or the inventory of a complete one.
 //!
@@ -33,6 +36,7 @@
 pub mod commit;
 pub mod documents;
 pub mod incremental;
+pub mod manifest;
 pub mod parts;
 pub mod resume;
 pub mod schema;
@@ -44,6 +48,7 @@ pub use documents::{
     StageTimes, TaskSummary, Timings, Versions, WorkerRecord, read_json,
 };
 pub use incremental::{Carried, FileVersion, carry_unchanged, read_inventory};
+pub use manifest::{MANIFEST_FILE, StagingManifest, written_by};
 pub use parts::{PartWriter, WrittenParts, list_parquet, read_columns};
 pub use resume::{DoneWork, ResumePoint, clear_results, find_resume_point};
 pub use schema::{

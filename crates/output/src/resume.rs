@@ -9,9 +9,10 @@
 //! whole, and the paths they hold are exactly the work that is done.
 //!
 //! [`find_resume_point`] checks that an output is an interrupted run of the
-//! same job and clears what the later phases wrote; [`DoneWork`] is what its
-//! checkpoints hold. Phase 1 then lists the input as usual and skips the
-//! done paths (a cluster slice reads the done paths of its own slice with
+//! same job and clears what the later phases wrote; [`DoneWork`] is what the
+//! checkpoints the new attempt trusts hold (see [`crate::StagingManifest`]).
+//! Phase 1 then lists the input as usual and skips the done paths (a
+//! cluster slice reads the done paths of its own slice with
 //! [`DoneWork::read_where`]).
 
 use std::collections::HashSet;
@@ -21,6 +22,7 @@ use futures::StreamExt;
 use verger_store::Location;
 
 use crate::documents::{JobIdentity, decode_json};
+use crate::manifest::StagingManifest;
 use crate::{
     ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, JOB_FILE, OutputError, PCA_MODEL_FILE, RUN_FILE,
     STAGED_ERRORS_DIR, STAGED_FEATURES_DIR, STAGING_DIR, SUCCESS_FILE, list_parquet, read_columns,
@@ -37,23 +39,30 @@ pub struct DoneWork {
 }
 
 impl DoneWork {
-    /// Reads the `path` column of every checkpoint. A path recorded twice
-    /// would mean a duplicate row: that is refused, not hidden.
-    pub async fn read(location: &Location) -> Result<Self, OutputError> {
-        Self::read_where(location, &|_| true, &|_| true).await
+    /// Reads the `path` column of every checkpoint `manifest` trusts from
+    /// before its attempt. A path recorded twice would mean a duplicate row:
+    /// that is refused, not hidden.
+    pub async fn read(
+        location: &Location,
+        manifest: &StagingManifest,
+    ) -> Result<Self, OutputError> {
+        Self::read_where(location, manifest, &|_| true).await
     }
 
-    /// Like [`DoneWork::read`], only the checkpoint files whose name passes
-    /// `file` and the paths that pass `path` (a cluster slice's own share).
+    /// Like [`DoneWork::read`], only the paths that pass `path` (a cluster
+    /// slice's own share).
     pub async fn read_where(
         location: &Location,
-        file: &(dyn Fn(&str) -> bool + Sync),
+        manifest: &StagingManifest,
         path: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Self, OutputError> {
         let mut done = DoneWork::default();
         for (dir, is_error) in [(STAGED_FEATURES_DIR, false), (STAGED_ERRORS_DIR, true)] {
             for key in list_parquet(location, dir).await? {
-                if !key.filename().is_some_and(file) {
+                if !location
+                    .relative(&key)
+                    .is_some_and(|r| manifest.earlier.contains(&r))
+                {
                     continue;
                 }
                 let mut batches = read_columns(location, &key, &["path"]).await?;
@@ -106,12 +115,12 @@ pub async fn clear_results(location: &Location) -> Result<(), OutputError> {
 }
 
 /// What `--resume` found at the output.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumePoint {
     /// Nothing there yet: a fresh run.
     Fresh,
-    /// An interrupted run of the same job, and what it finished.
-    Interrupted(DoneWork),
+    /// An interrupted run of the same job (its checkpoints stay).
+    Interrupted,
 }
 
 /// Checks that `location` holds an interrupted run of `job` and clears what
@@ -154,7 +163,7 @@ pub async fn find_resume_point(
         )));
     }
     clear_results(location).await?;
-    Ok(ResumePoint::Interrupted(DoneWork::read(location).await?))
+    Ok(ResumePoint::Interrupted)
 }
 
 #[cfg(test)]
@@ -184,7 +193,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let location = Location::parse(tmp.path().to_str().unwrap()).unwrap();
         let point = find_resume_point(&location, &job()).await.unwrap();
-        assert!(matches!(point, ResumePoint::Fresh));
+        assert_eq!(point, ResumePoint::Fresh);
     }
 
     #[tokio::test]
@@ -212,10 +221,12 @@ mod tests {
             .unwrap();
         location.write("run.json", b"{}".to_vec()).await.unwrap();
 
-        let ResumePoint::Interrupted(done) = find_resume_point(&location, &job()).await.unwrap()
-        else {
-            panic!("an interrupted run");
-        };
+        let point = find_resume_point(&location, &job()).await.unwrap();
+        assert_eq!(point, ResumePoint::Interrupted);
+        let manifest = StagingManifest::begin(&location, "b").await.unwrap();
+        // Written after the snapshot by a run not quite dead: not trusted.
+        stage(&location, "part-009-a", &[("x/9", None)]).await;
+        let done = DoneWork::read(&location, &manifest).await.unwrap();
         assert_eq!((done.staged_rows, done.error_rows, done.rows()), (3, 1, 4));
         assert_eq!(
             done.checkpoints, 3,
@@ -225,14 +236,8 @@ mod tests {
         assert!(!tmp.path().join("features").exists(), "phase 3 is redone");
         assert!(!tmp.path().join("run.json").exists());
 
-        let slice =
-            DoneWork::read_where(&location, &|name| name.starts_with("slice-0001-"), &|_| {
-                true
-            })
-            .await
-            .unwrap();
-        assert_eq!((slice.staged_rows, slice.error_rows), (0, 1));
-        let odd = DoneWork::read_where(&location, &|_| true, &|p| p.ends_with('3'))
+        assert!(!done.paths.contains("x/9"));
+        let odd = DoneWork::read_where(&location, &manifest, &|p| p.ends_with('3'))
             .await
             .unwrap();
         assert_eq!(odd.paths.len(), 1);
@@ -292,7 +297,11 @@ mod tests {
             &[("x/1", Some(FailureKind::Corrupt))],
         )
         .await;
-        let err = DoneWork::read(&location).await.unwrap_err().to_string();
+        let manifest = StagingManifest::begin(&location, "c").await.unwrap();
+        let err = DoneWork::read(&location, &manifest)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("2 rows for 1 distinct images"), "{err}");
     }
 }

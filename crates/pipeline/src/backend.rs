@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use verger_datafusion::FeaturizeOptions;
-use verger_output::{ClusterRecord, FeatureModel, StagingSpec, TaskSummary};
+use verger_output::{ClusterRecord, FeatureModel, StagingManifest, StagingSpec, TaskSummary};
 use verger_pca::{PcaModel, PcaStats};
 use verger_store::{Location, NameFilter};
 
@@ -35,10 +35,12 @@ pub(crate) enum Backend {
 impl Backend {
     /// Gets ready to run: loads the model (embedded) or checks the
     /// scheduler and hashes the model the executors must hold (cluster).
-    pub(crate) async fn start(config: &RunConfig) -> Result<Self> {
+    pub(crate) async fn start(config: &RunConfig, output: &Location) -> Result<Self> {
         Ok(match &config.placement {
             Placement::Embedded => Backend::Embedded(Embedded::start(config).await?),
-            Placement::Cluster(url) => Backend::Cluster(OnCluster::start(config, url).await?),
+            Placement::Cluster(url) => {
+                Backend::Cluster(OnCluster::start(config, url, output).await?)
+            }
         })
     }
 
@@ -68,18 +70,28 @@ impl Backend {
         }
     }
 
-    /// Phase 2: the merged PCA statistics of every staged feature vector.
-    pub(crate) async fn fit(&self, output: &Location) -> Result<PcaStats> {
+    /// Phase 2: the merged PCA statistics of every staged feature vector
+    /// `manifest` trusts (cluster tasks read the manifest themselves).
+    pub(crate) async fn fit(
+        &self,
+        output: &Location,
+        manifest: &StagingManifest,
+    ) -> Result<PcaStats> {
         match self {
-            Backend::Embedded(embedded) => embedded.fit(output).await,
+            Backend::Embedded(embedded) => embedded.fit(output, manifest).await,
             Backend::Cluster(cluster) => cluster.fit(output).await,
         }
     }
 
     /// Phase 3: `features/` from the staged features; returns its rows.
-    pub(crate) async fn project(&self, output: &Location, pca: &PcaModel) -> Result<u64> {
+    pub(crate) async fn project(
+        &self,
+        output: &Location,
+        manifest: &StagingManifest,
+        pca: &PcaModel,
+    ) -> Result<u64> {
         match self {
-            Backend::Embedded(embedded) => embedded.project(output, pca).await,
+            Backend::Embedded(embedded) => embedded.project(output, manifest, pca).await,
             Backend::Cluster(cluster) => cluster.project(output, pca).await,
         }
     }

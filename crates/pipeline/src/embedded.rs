@@ -14,8 +14,8 @@ use futures::StreamExt;
 use verger_datafusion::{FeaturizeContext, ImageTable, StageMetrics, phases};
 use verger_model::SharedModel;
 use verger_output::{
-    ErrorBudget, FEATURES_DIR, FeatureModel, STAGED_FEATURES_DIR, StagingWriter, TaskSummary,
-    features_schema,
+    ErrorBudget, FEATURES_DIR, FeatureModel, STAGED_FEATURES_DIR, StagingManifest, StagingWriter,
+    TaskSummary, features_schema,
 };
 use verger_pca::{PcaModel, PcaStats};
 use verger_store::Location;
@@ -120,26 +120,39 @@ impl Embedded {
     }
 
     /// Phase 2 over the staged features.
-    pub(crate) async fn fit(&self, output: &Location) -> Result<PcaStats> {
+    pub(crate) async fn fit(
+        &self,
+        output: &Location,
+        manifest: &StagingManifest,
+    ) -> Result<PcaStats> {
         let ctx = session(self.partitions, self.batch_size, output)?;
         verger_datafusion::register_pca_functions(&ctx);
-        let staged = read_staged_features(&ctx, output).await?;
+        let staged = read_staged_features(&ctx, output, manifest).await?;
         let batches = phases::fit(&ctx, staged)?.collect().await?;
         Ok(phases::stats_of(&batches)?)
     }
 
     /// Phase 3: the staged features with their projection, to `features/`.
-    pub(crate) async fn project(&self, output: &Location, pca: &PcaModel) -> Result<u64> {
+    pub(crate) async fn project(
+        &self,
+        output: &Location,
+        manifest: &StagingManifest,
+        pca: &PcaModel,
+    ) -> Result<u64> {
         let ctx = session(self.partitions, self.batch_size, output)?;
         verger_datafusion::register_pca_functions(&ctx);
-        let staged = read_staged_features(&ctx, output).await?;
+        let staged = read_staged_features(&ctx, output, manifest).await?;
         let projected = phases::project(&ctx, staged, pca, &[])?;
         write_partitions(projected, output, FEATURES_DIR, features_schema()).await
     }
 }
 
-async fn read_staged_features(ctx: &SessionContext, output: &Location) -> Result<DataFrame> {
-    crate::tables::read_staged(ctx, output, STAGED_FEATURES_DIR)
+async fn read_staged_features(
+    ctx: &SessionContext,
+    output: &Location,
+    manifest: &StagingManifest,
+) -> Result<DataFrame> {
+    crate::tables::read_staged(ctx, output, manifest, STAGED_FEATURES_DIR)
         .await?
         .context("no staged features to read back")
 }

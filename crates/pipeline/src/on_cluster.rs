@@ -22,16 +22,19 @@ pub(crate) struct OnCluster {
     batch_size: usize,
     /// The model the client would run: every executor must hold the same.
     model: ModelFile,
-    /// Names the run's Ballista jobs (`verger <run> featurize`, …).
+    /// Names the run's Ballista jobs (`verger <run> featurize → <output>`, …).
     run_id: String,
+    output: String,
 }
 
 impl OnCluster {
-    /// Checks the scheduler answers and hashes the client's model file (the
+    /// Checks the scheduler answers, cancels what an interrupted run left
+    /// running on `output`, and hashes the client's model file (the
     /// executors' must match it; the client never loads it).
-    pub(crate) async fn start(config: &RunConfig, url: &str) -> Result<Self> {
+    pub(crate) async fn start(config: &RunConfig, url: &str, output: &Location) -> Result<Self> {
         let cluster = Cluster::parse(url)?;
         cluster.check_reachable().await?;
+        cluster.cancel_jobs_writing(output.display_root()).await?;
         let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
         let model = tokio::task::spawn_blocking(move || ModelFile::open(&model_path)).await??;
         Ok(OnCluster {
@@ -41,6 +44,7 @@ impl OnCluster {
             batch_size: config.batch_size,
             model,
             run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+            output: output.display_root().to_string(),
         })
     }
 
@@ -53,7 +57,11 @@ impl OnCluster {
     }
 
     fn job_name(&self, phase: &str) -> String {
-        format!("verger {} {phase}", self.run_id)
+        format!(
+            "verger {} {phase}{}",
+            self.run_id,
+            verger_cluster::client::job_suffix(&self.output)
+        )
     }
 
     /// Phase 1: one task per slice; each skips the images the checkpoints

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use futures::StreamExt;
 use verger_output::{
     DoneWork, FileVersion, JOB_FILE, JobIdentity, OutputDir, ResumePoint, RunRecord, SUCCESS_FILE,
-    find_resume_point,
+    StagingManifest, find_resume_point,
 };
 use verger_store::{Location, NameFilter};
 
@@ -17,7 +17,9 @@ use crate::config::Start;
 /// An output ready for phase 1.
 pub(crate) struct Prepared {
     pub output: OutputDir,
-    /// What the checkpoints already hold (empty on a fresh start).
+    /// The checkpoints this run trusts: those found at the start, and its own.
+    pub manifest: StagingManifest,
+    /// What the trusted earlier checkpoints hold (empty on a fresh start).
     pub done: DoneWork,
     /// What `--incremental` found (zero otherwise).
     pub changes: Changes,
@@ -32,54 +34,50 @@ pub(crate) struct Changes {
     pub removed: u64,
 }
 
-/// Prepares `location` for a run of `job`, as `start` says.
+/// Prepares `location` for attempt `attempt` of a run of `job`, as `start`
+/// says: the output is ready, the job file and the staging manifest written.
 pub(crate) async fn prepare(
     start: Start,
+    attempt: &str,
     checkpoint_every: usize,
     input: &Location,
     filter: &NameFilter,
     location: Location,
     job: &JobIdentity,
 ) -> Result<Prepared> {
-    let fresh = |output: OutputDir| Prepared {
-        output,
-        done: DoneWork::default(),
-        changes: Changes::default(),
-    };
-    match start {
-        Start::Fresh | Start::Overwrite => {
-            let output = OutputDir::prepare(location, start == Start::Overwrite).await?;
-            output.write_json(JOB_FILE, job).await?;
-            Ok(fresh(output))
-        }
+    let mut changes = Changes::default();
+    let output = match start {
+        Start::Fresh | Start::Overwrite => fresh(location, start == Start::Overwrite, job).await?,
         Start::Resume => match find_resume_point(&location, job).await? {
-            ResumePoint::Fresh => {
-                let output = OutputDir::prepare(location, false).await?;
-                output.write_json(JOB_FILE, job).await?;
-                Ok(fresh(output))
-            }
-            ResumePoint::Interrupted(done) => {
-                tracing::info!(
-                    done = done.paths.len(),
-                    checkpoints = done.checkpoints,
-                    "resuming: images already done are skipped"
-                );
-                Ok(Prepared {
-                    output: OutputDir::reopen(location),
-                    done,
-                    changes: Changes::default(),
-                })
-            }
+            ResumePoint::Fresh => fresh(location, false, job).await?,
+            ResumePoint::Interrupted => OutputDir::reopen(location),
         },
         Start::Incremental => {
-            let changes = carry_unchanged(checkpoint_every, input, filter, &location, job).await?;
-            Ok(Prepared {
-                done: DoneWork::read(&location).await?,
-                output: OutputDir::reopen(location),
-                changes,
-            })
+            changes = carry_unchanged(checkpoint_every, input, filter, &location, job).await?;
+            OutputDir::reopen(location)
         }
+    };
+    let manifest = StagingManifest::begin(output.location(), attempt).await?;
+    let done = DoneWork::read(output.location(), &manifest).await?;
+    if done.rows() > 0 {
+        tracing::info!(
+            done = done.paths.len(),
+            checkpoints = done.checkpoints,
+            "images already done are skipped"
+        );
     }
+    Ok(Prepared {
+        output,
+        manifest,
+        done,
+        changes,
+    })
+}
+
+async fn fresh(location: Location, overwrite: bool, job: &JobIdentity) -> Result<OutputDir> {
+    let output = OutputDir::prepare(location, overwrite).await?;
+    output.write_json(JOB_FILE, job).await?;
+    Ok(output)
 }
 
 /// Checks that `output` is a complete run of the same job, compares its

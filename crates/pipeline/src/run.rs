@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use verger_datafusion::FeaturizeOptions;
 use verger_output::{
-    Counts, DoneWork, FailureCount, JobIdentity, OutputDir, PCA_MODEL_FILE, Parameters, RUN_FILE,
-    RunRecord, StageTimes, StagingSpec, TaskSummary, Timings, Versions,
+    Counts, DoneWork, JobIdentity, OutputDir, PCA_MODEL_FILE, Parameters, RUN_FILE, RunRecord,
+    StageTimes, StagingSpec, TaskSummary, Timings, Versions,
 };
 use verger_store::{Location, NameFilter};
 
@@ -28,15 +28,17 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
     let output_location = OutputDir::open_location(&config.output, &input)?;
     // The model before the output: a missing model must not cost an
     // --overwrite its previous result.
-    let backend = Backend::start(config).await?;
+    let backend = Backend::start(config, &output_location).await?;
     let job = JobIdentity {
         input: input.display_root().to_string(),
         glob: config.glob.clone(),
         model_sha256: backend.model_sha256(),
         max_pixels: config.max_pixels,
     };
+    let attempt = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut prepared = prepare(
         config.start,
+        &attempt,
         config.checkpoint_every,
         &input,
         &filter,
@@ -49,8 +51,9 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
 
     // 1. featurize
     let phase = Instant::now();
+    let manifest = &prepared.manifest;
     let staging = StagingSpec {
-        attempt: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        attempt: attempt.clone(),
         checkpoint_every: config.checkpoint_every,
         max_errors: config.max_errors,
         errors_before: prepared.done.error_rows,
@@ -85,7 +88,7 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
 
     // 2. fit
     let phase = Instant::now();
-    let stats = backend.fit(&output_location).await?;
+    let stats = backend.fit(&output_location, manifest).await?;
     if stats.count() != staged.rows {
         bail!(
             "internal error: PCA was fitted on {} rows but {} were staged",
@@ -99,8 +102,8 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
 
     // 3. project, then the commit's tables
     let phase = Instant::now();
-    let features = backend.project(&output_location, &pca).await?;
-    let tables = write_errors_and_inventory(&output_location).await?;
+    let features = backend.project(&output_location, manifest, &pca).await?;
+    let tables = write_errors_and_inventory(&output_location, manifest).await?;
     let counts = staged.counts(features, tables.errors, config.start, prepared.changes)?;
     if tables.inventory != counts.listed {
         bail!(
@@ -127,7 +130,7 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
             stages: staged.stages,
         },
         explained_variance: pca.explained_variance.clone(),
-        failures: staged.failures,
+        failures: tables.failures,
         versions: Versions {
             verger: env!("CARGO_PKG_VERSION").to_string(),
             datafusion: datafusion::DATAFUSION_VERSION.to_string(),
@@ -186,7 +189,6 @@ struct Staged {
     skipped: u64,
     rows: u64,
     errors: u64,
-    failures: Vec<FailureCount>,
     stages: StageTimes,
 }
 
@@ -217,17 +219,11 @@ impl Staged {
         let stages = summaries
             .iter()
             .fold(StageTimes::default(), |all, s| all.add(&s.stages));
-        let failures = FailureCount::tally(
-            summaries
-                .iter()
-                .flat_map(|s| s.failures.iter().map(|f| (f.kind, f.count))),
-        );
         Ok(Staged {
             listed,
             skipped,
             rows,
             errors,
-            failures,
             stages,
         })
     }
@@ -271,7 +267,7 @@ impl Staged {
 
 #[cfg(test)]
 mod tests {
-    use verger_output::FailureKind;
+    use verger_output::{FailureCount, FailureKind};
 
     use super::*;
 
@@ -298,10 +294,6 @@ mod tests {
     fn features_plus_errors_must_equal_listed() {
         let staged = Staged::check(&[task(10, 4, 5, 1), task(6, 0, 4, 2)], &done(3, 1)).unwrap();
         assert_eq!((staged.listed, staged.rows, staged.errors), (16, 12, 4));
-        assert_eq!(
-            staged.failures[0].count, 3,
-            "only this run's failures are tallied"
-        );
         let err = Staged::check(&[task(10, 0, 5, 1)], &done(0, 0))
             .unwrap_err()
             .to_string();

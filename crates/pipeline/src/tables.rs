@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -13,8 +14,8 @@ use datafusion::prelude::{DataFrame, ParquetReadOptions};
 use futures::StreamExt;
 use verger_datafusion::phases;
 use verger_output::{
-    ERRORS_DIR, INVENTORY_DIR, PartWriter, STAGED_ERRORS_DIR, STAGED_FEATURES_DIR, errors_schema,
-    inventory_schema, list_parquet,
+    ERRORS_DIR, FailureCount, FailureKind, INVENTORY_DIR, PartWriter, STAGED_ERRORS_DIR,
+    STAGED_FEATURES_DIR, StagingManifest, errors_schema, inventory_schema,
 };
 use verger_store::{Location, StoreKind};
 
@@ -83,25 +84,34 @@ pub(crate) async fn write_partitions(
 }
 
 /// What the commit wrote besides `features/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CommitTables {
     pub errors: u64,
     pub inventory: u64,
+    /// The rows of `errors/` per kind, most frequent first.
+    pub failures: Vec<FailureCount>,
 }
 
 /// `errors/` from the staged failures (an empty part when there are none,
 /// so readers always find the table) and `inventory/` from the identities
-/// of everything staged.
-pub(crate) async fn write_errors_and_inventory(output: &Location) -> Result<CommitTables> {
+/// of everything staged (the checkpoints `manifest` trusts).
+pub(crate) async fn write_errors_and_inventory(
+    output: &Location,
+    manifest: &StagingManifest,
+) -> Result<CommitTables> {
     let ctx = session(2, 8192, output)?;
-    let staged_errors = read_staged(&ctx, output, STAGED_ERRORS_DIR).await?;
-    let staged_features = read_staged(&ctx, output, STAGED_FEATURES_DIR).await?;
+    let staged_errors = read_staged(&ctx, output, manifest, STAGED_ERRORS_DIR).await?;
+    let staged_features = read_staged(&ctx, output, manifest, STAGED_FEATURES_DIR).await?;
 
     let mut writer = PartWriter::new(output, ERRORS_DIR, "part-000", errors_schema()).keep_empty();
+    let mut kinds: Vec<(FailureKind, u64)> = Vec::new();
     if let Some(staged) = &staged_errors {
         let mut stream = phases::errors(staged.clone())?.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch = RecordBatch::try_new(errors_schema(), batch?.columns().to_vec())?;
+            for kind in batch.column(3).as_string::<i32>().iter().flatten() {
+                kinds.push((kind.parse().map_err(anyhow::Error::msg)?, 1));
+            }
             writer.write(&batch).await?;
         }
     }
@@ -115,20 +125,32 @@ pub(crate) async fn write_errors_and_inventory(output: &Location) -> Result<Comm
         Some(frame) => write_partitions(frame, output, INVENTORY_DIR, inventory_schema()).await?,
         None => 0,
     };
-    Ok(CommitTables { errors, inventory })
+    Ok(CommitTables {
+        errors,
+        inventory,
+        failures: FailureCount::tally(kinds),
+    })
 }
 
-/// The staged checkpoints under `dir` as one table, or `None` when there are none.
+/// The checkpoints under `dir` that `manifest` trusts, as one table, or
+/// `None` when there are none.
 pub(crate) async fn read_staged(
     ctx: &SessionContext,
     output: &Location,
+    manifest: &StagingManifest,
     dir: &str,
 ) -> Result<Option<DataFrame>> {
-    if list_parquet(output, dir).await?.is_empty() {
+    let urls: Vec<String> = manifest
+        .parts(output, dir)
+        .await?
+        .iter()
+        .map(|key| output.display_key(key))
+        .collect();
+    if urls.is_empty() {
         return Ok(None);
     }
     let frame = ctx
-        .read_parquet(output.table_url(dir), ParquetReadOptions::default())
+        .read_parquet(urls, ParquetReadOptions::default())
         .await
         .with_context(|| format!("cannot read the checkpoints in {dir} back"))?;
     Ok(Some(frame))

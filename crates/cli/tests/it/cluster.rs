@@ -118,7 +118,7 @@ fn featurize_tasks_by_executor(cluster: &TestCluster) -> BTreeMap<String, usize>
             e["ev"] == "JobStart"
                 && e["data"]["job_name"]
                     .as_str()
-                    .is_some_and(|n| n.ends_with(" featurize"))
+                    .is_some_and(|n| n.contains(" featurize → "))
         })
     };
     let featurize: Vec<&Vec<Value>> = jobs.iter().filter(is_featurize).collect();

@@ -178,7 +178,7 @@ fn incremental_needs_a_complete_earlier_run_of_the_same_job() {
         .exec()
         .assert_failure();
     assert!(
-        other_glob.stderr.contains("same input, glob"),
+        other_glob.stderr.contains("same job") && other_glob.stderr.contains("glob: *.jpg"),
         "{other_glob:?}"
     );
     // The refused runs left the earlier result intact.

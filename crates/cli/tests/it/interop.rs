@@ -84,7 +84,7 @@ fn pandas_pyarrow_and_duckdb_read_the_output() {
     );
     assert_eq!(
         d["errors_columns"],
-        json!(["path", "label", "stage", "reason"]),
+        json!(["path", "label", "stage", "kind", "reason"]),
         "{d}"
     );
 }
@@ -110,7 +110,7 @@ fn pyspark_reads_the_output() {
     );
     assert_eq!(
         v["errors_schema"],
-        json!({"path": "string", "label": "string", "stage": "string", "reason": "string"}),
+        json!({"path": "string", "label": "string", "stage": "string", "kind": "string", "reason": "string"}),
         "{v}"
     );
     assert_eq!(v["features_len"], json!([FEATURE_DIM, FEATURE_DIM]), "{v}");

@@ -283,17 +283,10 @@ fn report_escapes_labels_and_summarises_errors() {
     assert!(html.contains(&label_row("a<b&c", 3)), "escaped label row");
     assert!(!html.contains("a<b&c"), "a raw `a<b&c` in the page");
     assert!(!html.contains("<tags>"), "a raw file name in the page");
-    // One row per (stage, kind of reason), with its count.
+    // One row per (stage, failure kind), with its count.
     let mut groups: BTreeMap<(String, String), usize> = BTreeMap::new();
     for e in &run.errors {
-        let kind = e
-            .reason
-            .split([':', '('])
-            .next()
-            .unwrap()
-            .trim()
-            .to_string();
-        *groups.entry((e.stage.clone(), kind)).or_default() += 1;
+        *groups.entry((e.stage.clone(), e.kind.clone())).or_default() += 1;
     }
     for ((stage, kind), count) in &groups {
         let row = format!(

@@ -229,7 +229,7 @@ fn s3_awkward_keys_and_object_at_prefix_root() {
 }
 
 /// S3 output: refused when it exists, and `--overwrite` leaves no object of
-/// the previous result behind.
+/// the previous result behind, while an object verger did not write stays.
 #[test]
 fn s3_output_overwrite_removes_stale_objects() {
     let s3 = SeaweedFs::start();
@@ -280,9 +280,10 @@ fn s3_output_overwrite_removes_stale_objects() {
         .map(|k| k.as_str().unwrap().to_string())
         .collect();
     assert!(
-        !keys.contains(&"out/stale.txt".to_string()),
-        "stale.txt survived --overwrite: {keys:?}"
+        keys.contains(&"out/stale.txt".to_string()),
+        "--overwrite deleted stale.txt, which verger did not write: {keys:?}"
     );
+    assert!(o.stderr.contains("stale.txt"), "it is named: {o:?}");
     assert!(
         !keys.contains(&"out/features/old.parquet".to_string()),
         "old.parquet survived: {keys:?}"
