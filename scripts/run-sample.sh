@@ -15,6 +15,13 @@ fi
 ORT_DYLIB_PATH="$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* | head -n 1)"
 export ORT_DYLIB_PATH
 
+for tool in cmake nasm; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "setup: $tool is missing; the build compiles libjpeg-turbo from source (Debian: apt-get install cmake nasm)" >&2
+    exit 1
+  fi
+done
+
 echo "setup: building verger (release)" >&2
 cargo build --release --quiet -p verger
 target="${CARGO_TARGET_DIR:-target}"

@@ -564,3 +564,414 @@ fn jpeg_with_trailing_bytes_after_end_marker_still_decodes() {
     padded.extend_from_slice(b"trailing vendor data");
     assert_eq!(run(&padded).unwrap(), run(&whole).unwrap());
 }
+
+// --- scaled JPEG decode ---------------------------------------------------
+
+fn no_scaling() -> PreprocessConfig {
+    PreprocessConfig {
+        scaled_jpeg_decode: false,
+        ..PreprocessConfig::default()
+    }
+}
+
+/// Decoded size and the decoder that made it, with the default config.
+fn decoded(bytes: &[u8]) -> ((u32, u32), DecodePath) {
+    let (rgb, path) =
+        decode::decode_rgb_guarded(bytes, &PreprocessConfig::default(), INPUT_SIZE).unwrap();
+    (rgb.dimensions(), path)
+}
+
+/// Low-frequency colour pattern: what a photo looks like at 224×224, so a
+/// scaled and a full decode must agree closely.
+fn smooth(w: u32, h: u32) -> RgbImage {
+    use std::f32::consts::TAU;
+    RgbImage::from_fn(w, h, |x, y| {
+        let (u, v) = (x as f32 / w as f32, y as f32 / h as f32);
+        Rgb([
+            (128.0 + 100.0 * (TAU * 3.0 * u).sin()) as u8,
+            (128.0 + 100.0 * (TAU * 2.0 * v).cos()) as u8,
+            (255.0 * (u + v) / 2.0) as u8,
+        ])
+    })
+}
+
+/// Mean and largest absolute difference, in 8-bit levels.
+fn level_diffs(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let diffs = a.iter().zip(b).map(|(x, y)| (x - y).abs() * 127.5);
+    let (sum, max) = diffs.fold((0.0, 0.0f32), |(s, m), d| (s + d, m.max(d)));
+    (sum / a.len() as f32, max)
+}
+
+/// The scaled decode's tensor is within a few levels of the full decode's.
+fn assert_scaled_matches_full(bytes: &[u8], what: &str) {
+    let scaled = run(bytes).unwrap();
+    let full = preprocess(bytes, &no_scaling()).unwrap();
+    let (mean, max) = level_diffs(&scaled, &full);
+    assert!(
+        mean < 1.0 && max < 12.0,
+        "{what}: mean {mean:.2}, max {max:.1} levels"
+    );
+}
+
+fn turbo_encode(pixels: &[u8], w: u32, h: u32, format: turbojpeg::PixelFormat) -> TurboJpeg {
+    TurboJpeg {
+        pixels: pixels.to_vec(),
+        w,
+        h,
+        format,
+        progressive: false,
+        colorspace: None,
+    }
+}
+
+/// JPEGs the `image` encoder cannot write (progressive, CMYK, YCCK), made
+/// with libjpeg-turbo's encoder.
+struct TurboJpeg {
+    pixels: Vec<u8>,
+    w: u32,
+    h: u32,
+    format: turbojpeg::PixelFormat,
+    progressive: bool,
+    colorspace: Option<turbojpeg::Colorspace>,
+}
+
+impl TurboJpeg {
+    fn encode(&self) -> Vec<u8> {
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(92).unwrap();
+        c.set_subsamp(turbojpeg::Subsamp::Sub2x2).unwrap();
+        c.set_progressive(self.progressive).unwrap();
+        if let Some(cs) = self.colorspace {
+            c.set_colorspace(cs).unwrap();
+        }
+        let channels = self.format.size();
+        c.compress_to_vec(turbojpeg::Image {
+            pixels: self.pixels.as_slice(),
+            width: self.w as usize,
+            pitch: self.w as usize * channels,
+            height: self.h as usize,
+            format: self.format,
+        })
+        .unwrap()
+    }
+}
+
+#[test]
+fn scale_is_the_smallest_eighth_that_keeps_224_a_side() {
+    use scaled::choose_eighths;
+    let cases = [
+        ((4032, 3024), Some(1)), // 504x378
+        ((3024, 4032), Some(1)),
+        ((1785, 1785), Some(1)), // 224x224 exactly (rounded up)
+        ((1784, 1784), Some(2)), // 223 at 1/8, 446 at 1/4
+        ((2000, 1500), Some(2)), // 500x375
+        ((1000, 750), Some(3)),  // 375x282
+        ((600, 450), Some(4)),   // 300x225
+        ((447, 447), Some(4)),   // 224x224
+        ((446, 446), None),      // 223 at 1/2: decoded in full
+        ((348, 348), None),
+        ((100, 100), None),
+        ((225, 3000), None), // the short side cannot shrink
+        ((3000, 225), None),
+        ((1, 65535), None),
+    ];
+    for ((w, h), want) in cases {
+        assert_eq!(choose_eighths(w, h, INPUT_SIZE), want, "{w}x{h}");
+    }
+}
+
+#[test]
+fn phone_sized_jpeg_is_decoded_at_one_eighth() {
+    let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(4032, 3024)));
+    assert_eq!(
+        decoded(&bytes),
+        ((504, 378), DecodePath::Scaled { eighths: 1 })
+    );
+    assert_eq!(
+        decode_rgb(&bytes, &PreprocessConfig::default())
+            .unwrap()
+            .dimensions(),
+        (504, 378)
+    );
+    let full = decode_rgb(&bytes, &no_scaling()).unwrap();
+    assert_eq!(full.dimensions(), (4032, 3024));
+    assert_scaled_matches_full(&bytes, "4032x3024");
+}
+
+#[test]
+fn each_scale_agrees_with_the_full_decode() {
+    for ((w, h), eighths, out) in [
+        ((2000, 1500), 2, (500, 375)),
+        ((1000, 750), 3, (375, 282)),
+        ((600, 450), 4, (300, 225)),
+        ((450, 600), 4, (225, 300)),
+    ] {
+        let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(w, h)));
+        assert_eq!(
+            decoded(&bytes),
+            (out, DecodePath::Scaled { eighths }),
+            "{w}x{h}"
+        );
+        assert_scaled_matches_full(&bytes, &format!("{w}x{h}"));
+    }
+}
+
+#[test]
+fn small_and_thin_jpegs_are_decoded_in_full() {
+    for (w, h) in [(446, 446), (348, 348), (100, 100), (225, 3000), (3000, 225)] {
+        let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(w, h)));
+        assert_eq!(decoded(&bytes), ((w, h), DecodePath::Full), "{w}x{h}");
+    }
+    let png_bytes = png(&DynamicImage::ImageRgb8(smooth(1200, 900)));
+    assert_eq!(decoded(&png_bytes), ((1200, 900), DecodePath::Full));
+}
+
+#[test]
+fn no_scaling_decodes_every_pixel() {
+    let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(1200, 900)));
+    let (rgb, path) = decode::decode_rgb_guarded(&bytes, &no_scaling(), INPUT_SIZE).unwrap();
+    assert_eq!((rgb.dimensions(), path), ((1200, 900), DecodePath::Full));
+}
+
+#[test]
+fn every_exif_orientation_is_applied_after_scaling() {
+    // 2:1 landscape, red left half, blue right half, green band on top.
+    let img = RgbImage::from_fn(1024, 512, |x, y| {
+        if y < 64 {
+            Rgb([0, 255, 0])
+        } else if x < 512 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    let plain = jpeg(&DynamicImage::ImageRgb8(img));
+    for orientation in 1..=8u16 {
+        let mut bytes = plain[..2].to_vec();
+        bytes.extend_from_slice(&exif_orientation_segment(orientation));
+        bytes.extend_from_slice(&plain[2..]);
+        let (size, path) = decoded(&bytes);
+        let want = if orientation >= 5 {
+            (256, 512)
+        } else {
+            (512, 256)
+        };
+        assert_eq!(size, want, "orientation {orientation}");
+        assert_eq!(
+            path,
+            DecodePath::Scaled { eighths: 4 },
+            "orientation {orientation}"
+        );
+        // The full decoder reads the orientation through zune-jpeg; both
+        // must turn the image the same way.
+        let scaled = run(&bytes).unwrap();
+        let full = preprocess(&bytes, &no_scaling()).unwrap();
+        let (mean, _) = level_diffs(&scaled, &full);
+        assert!(
+            mean < 1.0,
+            "orientation {orientation}: mean {mean:.2} levels"
+        );
+    }
+}
+
+#[test]
+fn exif_orientation_6_with_scaling_puts_the_left_side_on_top() {
+    let img = RgbImage::from_fn(2048, 1024, |x, _| {
+        if x < 1024 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    let plain = jpeg(&DynamicImage::ImageRgb8(img));
+    let mut rotated = plain[..2].to_vec();
+    rotated.extend_from_slice(&exif_orientation_segment(6));
+    rotated.extend_from_slice(&plain[2..]);
+    assert_eq!(
+        decoded(&rotated),
+        ((256, 512), DecodePath::Scaled { eighths: 2 })
+    );
+    let tol = 12.0 / 127.5;
+    let t = run(&rotated).unwrap();
+    assert_close(at(&t, 0, 112, 10), 1.0, tol, "top is red");
+    assert_close(at(&t, 2, 112, 10), -1.0, tol, "top is not blue");
+    assert_close(at(&t, 0, 112, 213), -1.0, tol, "bottom is not red");
+    assert_close(at(&t, 2, 112, 213), 1.0, tol, "bottom is blue");
+}
+
+#[test]
+fn progressive_jpeg_is_scaled() {
+    let img = smooth(1600, 1200);
+    let mut enc = turbo_encode(img.as_raw(), 1600, 1200, turbojpeg::PixelFormat::RGB);
+    enc.progressive = true;
+    let bytes = enc.encode();
+    let info = read_header(&bytes, ImageFormat::Jpeg);
+    assert!(info.frame.as_ref().unwrap().is_progressive());
+    assert_eq!(
+        decoded(&bytes),
+        ((400, 300), DecodePath::Scaled { eighths: 2 })
+    );
+    assert_scaled_matches_full(&bytes, "progressive");
+}
+
+#[test]
+fn grey_jpeg_is_scaled_and_stays_grey() {
+    let img = DynamicImage::ImageRgb8(smooth(1600, 1200)).to_luma8();
+    let bytes = jpeg(&DynamicImage::ImageLuma8(img));
+    assert_eq!(
+        decoded(&bytes),
+        ((400, 300), DecodePath::Scaled { eighths: 2 })
+    );
+    let t = run(&bytes).unwrap();
+    assert_gray_planes(&t);
+    assert_scaled_matches_full(&bytes, "grey");
+}
+
+#[test]
+fn cmyk_and_ycck_jpegs_are_scaled_with_the_full_decoders_colours() {
+    // Stored as Adobe does (inverted): C = R, M = G, Y = B, K = 255 means
+    // "no ink", so the pixel is (R, G, B); a darker band has K = 128.
+    let (w, h) = (1600u32, 1200u32);
+    let rgb = smooth(w, h);
+    let mut cmyk = Vec::with_capacity((w * h * 4) as usize);
+    for (_, y, px) in rgb.enumerate_pixels() {
+        let k = if y < h / 4 { 128 } else { 255 };
+        cmyk.extend_from_slice(&[px[0], px[1], px[2], k]);
+    }
+    for colorspace in [turbojpeg::Colorspace::CMYK, turbojpeg::Colorspace::YCCK] {
+        let mut enc = turbo_encode(&cmyk, w, h, turbojpeg::PixelFormat::CMYK);
+        enc.colorspace = Some(colorspace);
+        let bytes = enc.encode();
+        assert_eq!(
+            decoded(&bytes),
+            ((400, 300), DecodePath::Scaled { eighths: 2 }),
+            "{colorspace:?}"
+        );
+        assert_scaled_matches_full(&bytes, &format!("{colorspace:?}"));
+        // And the colours are the RGB ones: bottom-left is smooth()'s pixel.
+        let t = run(&bytes).unwrap();
+        let want = rgb.get_pixel(0, h - 1);
+        for c in 0..3 {
+            assert_close(
+                at(&t, c, 0, SIDE - 1),
+                norm(want[c]),
+                16.0 / 127.5,
+                &format!("{colorspace:?} channel {c}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn memory_budget_counts_the_scaled_pixels() {
+    // 2000x2000 RGB: 12 MB at full size, 250x250x3 = 187 500 bytes at 1/8.
+    let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(2000, 2000)));
+    let budget = |max_alloc_bytes, scaled_jpeg_decode| PreprocessConfig {
+        max_alloc_bytes,
+        scaled_jpeg_decode,
+        ..PreprocessConfig::default()
+    };
+    assert!(preprocess(&bytes, &budget(1_000_000, true)).is_ok());
+    let err = preprocess(&bytes, &budget(1_000_000, false)).unwrap_err();
+    assert!(matches!(err, ImageError::OverMemoryLimit { .. }), "{err:?}");
+    let err = preprocess(&bytes, &budget(150_000, true)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::OverMemoryLimit {
+                max_alloc_bytes: 150_000
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "too_large");
+}
+
+#[test]
+fn memory_budget_counts_a_progressive_jpegs_full_size_coefficients() {
+    // 2000x2000, 4:2:0: 250x250 luma blocks + 2 x 125x125 chroma blocks of
+    // 128 bytes = 12 MB of coefficients, kept whatever the output scale.
+    let img = smooth(2000, 2000);
+    let mut enc = turbo_encode(img.as_raw(), 2000, 2000, turbojpeg::PixelFormat::RGB);
+    let baseline = enc.encode();
+    enc.progressive = true;
+    let progressive = enc.encode();
+    let cfg = PreprocessConfig {
+        max_alloc_bytes: 1_000_000,
+        ..PreprocessConfig::default()
+    };
+    assert!(preprocess(&baseline, &cfg).is_ok());
+    let err = preprocess(&progressive, &cfg).unwrap_err();
+    assert!(matches!(err, ImageError::OverMemoryLimit { .. }), "{err:?}");
+    let cfg = PreprocessConfig {
+        max_alloc_bytes: 13_000_000,
+        ..PreprocessConfig::default()
+    };
+    assert!(preprocess(&progressive, &cfg).is_ok());
+}
+
+#[test]
+fn pixel_limit_is_on_the_stored_size_even_when_scaled() {
+    // 1/8 would decode 250x250, but the file is 4 megapixels.
+    let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(2000, 2000)));
+    let cfg = PreprocessConfig {
+        max_pixels: 3_999_999,
+        ..PreprocessConfig::default()
+    };
+    let err = preprocess(&bytes, &cfg).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 2000,
+                height: 2000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn truncated_large_jpeg_is_reported_not_scaled() {
+    let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(1200, 900)));
+    for cut in [bytes.len() - 1, bytes.len() * 3 / 4, bytes.len() / 2, 700] {
+        match run(&bytes[..cut]) {
+            Err(ImageError::Decode(msg)) => assert!(!msg.is_empty()),
+            other => panic!("cut at {cut}: expected Decode, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn corrupt_scan_data_gets_the_full_decoders_verdict() {
+    // Bytes flipped inside the entropy-coded data, end marker intact:
+    // libjpeg-turbo only warns, and the file goes to the full decoder, so
+    // the answer (pixels or error) is the one it gave before scaling.
+    let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(1200, 900)));
+    let sos = read_header(&bytes, ImageFormat::Jpeg).scan_start.unwrap();
+    for (i, at_frac) in [0.3, 0.5, 0.8].into_iter().enumerate() {
+        let mut broken = bytes.clone();
+        let start = sos + 200 + ((bytes.len() - sos - 400) as f64 * at_frac) as usize;
+        for b in &mut broken[start..start + 40] {
+            *b = if *b == 0xFF { 0x00 } else { 0xFF - *b };
+        }
+        let scaled = run(&broken);
+        let full = preprocess(&broken, &no_scaling());
+        match (&scaled, &full) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "case {i}: scaled path was used"),
+            (Err(a), Err(b)) => assert_eq!(a.kind(), b.kind(), "case {i}"),
+            _ => panic!("case {i}: scaled {scaled:?} vs full {full:?}"),
+        }
+    }
+}
+
+#[test]
+fn rgb_to_tensor_into_is_the_second_half_of_preprocess() {
+    let bytes = jpeg(&DynamicImage::ImageRgb8(smooth(1000, 750)));
+    let cfg = PreprocessConfig::default();
+    let rgb = decode_rgb(&bytes, &cfg).unwrap();
+    let mut t = vec![f32::NAN; TENSOR_LEN];
+    rgb_to_tensor_into(&rgb, &mut t);
+    assert_eq!(t, run(&bytes).unwrap());
+}

@@ -1,0 +1,66 @@
+//! RGB image → 224×224 (resize) → normalised NCHW planar `f32` (normalise).
+
+use std::cell::RefCell;
+
+use fast_image_resize as fr;
+use image::RgbImage;
+
+use crate::{INPUT_SIZE, PLANE_LEN};
+
+/// Resizes `rgb` to 224×224 and writes the normalised tensor into `out`
+/// (`out.len() == TENSOR_LEN`, checked by the caller).
+pub(crate) fn rgb_to_tensor(rgb: &RgbImage, out: &mut [f32]) {
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.resize(rgb);
+        normalise_planar(&scratch.resized, out);
+    });
+}
+
+/// Per-thread resizer state: the resizer keeps internal buffers that would
+/// otherwise be reallocated for every image.
+struct Scratch {
+    resizer: fr::Resizer,
+    resized: Vec<u8>,
+}
+
+impl Scratch {
+    /// Squashes `src` to exactly 224×224 (aspect ratio not kept), bilinear
+    /// convolution whose kernel widens with the downscale factor.
+    fn resize(&mut self, src: &RgbImage) {
+        let options = fr::ResizeOptions::new()
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+        let src_view =
+            fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3)
+                .expect("RgbImage buffer always matches its dimensions");
+        let mut dst = fr::images::Image::from_slice_u8(
+            INPUT_SIZE,
+            INPUT_SIZE,
+            &mut self.resized,
+            fr::PixelType::U8x3,
+        )
+        .expect("scratch buffer is sized for 224x224 RGB");
+        self.resizer
+            .resize(&src_view, &mut dst, &options)
+            .expect("source and destination are both non-empty U8x3 images");
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        resizer: fr::Resizer::new(),
+        resized: vec![0; 3 * PLANE_LEN],
+    });
+}
+
+/// `pixel / 127.5 - 1` in RGB order, NCHW planar: the whole R plane, then G,
+/// then B, each row-major.
+fn normalise_planar(rgb: &[u8], out: &mut [f32]) {
+    let (r_plane, rest) = out.split_at_mut(PLANE_LEN);
+    let (g_plane, b_plane) = rest.split_at_mut(PLANE_LEN);
+    let planes = r_plane.iter_mut().zip(g_plane).zip(b_plane);
+    for (((r, g), b), px) in planes.zip(rgb.chunks_exact(3)) {
+        *r = f32::from(px[0]) / 127.5 - 1.0;
+        *g = f32::from(px[1]) / 127.5 - 1.0;
+        *b = f32::from(px[2]) / 127.5 - 1.0;
+    }
+}
