@@ -4,11 +4,14 @@
 //! - [`pipeline`]: `verger bench`, a real `verger run` child process against
 //!   the model-only ceiling (embedded or on a local Ballista cluster), and
 //!   the listing-scale benchmark on synthetic collections;
+//! - [`photos`]: phone-sized JPEGs made in memory from the shared sample,
+//!   for the scaled-decode fidelity test and benchmarks;
 //! - [`serve_load`]: `verger bench-serve`, a bounded load test of a running
 //!   `verger serve`.
 //!
 //! It owns child processes, `wait4` and `/proc` readings; it never reaches
 //! into the pipeline or the service, it runs them as users do.
 
+pub mod photos;
 pub mod pipeline;
 pub mod serve_load;

@@ -19,4 +19,5 @@ mod report;
 mod resume;
 mod s3;
 mod sample;
+mod scaled_decode;
 mod serve;

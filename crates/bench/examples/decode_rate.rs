@@ -1,22 +1,21 @@
 //! How fast one thread decodes phone photos, with and without DCT scaling.
 //!
 //! ```sh
-//! cargo run --release -p verger-image --example decode_rate            # 8 generated 4032x3024 JPEGs
-//! cargo run --release -p verger-image --example decode_rate -- --images 16 --rounds 5 --size 2000x1500
-//! cargo run --release -p verger-image --example decode_rate -- photos/*.jpg   # your own files
+//! cargo run --release -p verger-bench --example decode_rate            # 8 generated 4032x3024 JPEGs
+//! cargo run --release -p verger-bench --example decode_rate -- --images 16 --rounds 5 --size 2000x1500
+//! cargo run --release -p verger-bench --example decode_rate -- photos/*.jpg   # your own files
 //! ```
 //!
 //! Without files it makes phone-sized JPEGs from the shared Fruits-360 and
 //! grocery images (upscaled, noise added, quality 90: about 2 MB at
-//! 4032x3024; see `tests/support/phone.rs`), in memory. Every step runs on
+//! 4032x3024; see `verger_bench::photos`), in memory. Every step runs on
 //! this thread, each measured over all the images in turn, `--rounds` times:
 //! decode only (`decode_rgb`), then decode + resize + normalise
 //! (`preprocess_into`), each with `scaled_jpeg_decode` off (every pixel, as
 //! before) and on. Rates are per CPU second of this thread, which other
 //! processes on the machine barely disturb; the wall-clock rate is shown too.
 
-#[path = "../tests/support/phone.rs"]
-mod phone;
+use verger_bench::photos as phone;
 
 use std::path::PathBuf;
 use std::time::Instant;

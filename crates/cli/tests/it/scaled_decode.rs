@@ -1,14 +1,13 @@
 //! The features of a DCT-scaled JPEG decode must be those of a full decode:
 //! on phone-sized photos made from the shared Fruits-360 and grocery images
-//! (upscaled, noise added, JPEG quality 90; see `support/phone.rs`), the
+//! (upscaled, noise added, JPEG quality 90; see `verger_bench::photos`), the
 //! MobileNetV2 features of `preprocess` with `scaled_jpeg_decode` and
 //! without it have a cosine of at least 0.99 on average and 0.97 at worst.
 //!
 //! Needs the shared model and ONNX Runtime (`ORT_DYLIB_PATH`, as the rest
 //! of the test suite).
 
-#[path = "support/phone.rs"]
-mod phone;
+use verger_bench::photos as phone;
 
 use verger_image::{PreprocessConfig, TENSOR_LEN, decode_rgb, preprocess};
 use verger_model::{EngineChoice, EngineConfig, FEATURE_DIM, SharedModel};

@@ -3,9 +3,8 @@
 //! phone camera's size, sensor-like noise added, encoded at quality 90 by the
 //! `image` crate. At 4032×3024 that is about 2 MB, like a phone's photo.
 //!
-//! Used by `tests/scaled_fidelity.rs` and `examples/decode_rate.rs`.
-
-#![allow(dead_code)] // each user takes a different part
+//! Used by the fidelity test (`crates/cli/tests/it/scaled_decode.rs`) and
+//! `examples/decode_rate.rs`.
 
 use std::path::{Path, PathBuf};
 
