@@ -28,6 +28,14 @@ for need in ../shared/models/mobilenet_v2_1.0_224_features.onnx ../shared/datase
     fi
 done
 
+# The int8 model is derived from the shared TFLite file, never committed:
+# build it once (seconds) when it is missing.
+if [[ ! -f models/mobilenet_v2_1.0_224_int8.onnx ]]; then
+    echo "scripts/test.sh: building models/mobilenet_v2_1.0_224_int8.onnx (tools/quantize_int8.py)" >&2
+    .venv/bin/python -m pip install --disable-pip-version-check --no-input --quiet -r tools/requirements.txt
+    .venv/bin/python tools/quantize_int8.py
+fi
+
 # `--workspace` would override `-p`: only pass it when no package is named.
 for arg in "$@"; do
     case "$arg" in

@@ -55,11 +55,13 @@ fn main() {
         let fruits = phone::pick_images(
             &shared.join("datasets/fruits360-sample/Test"),
             images.div_ceil(2),
-        );
+        )
+        .expect("the shared Fruits-360 sample");
         let grocery = phone::pick_images(
             &shared.join("datasets/grocery-photos/fruit/Validation"),
             images / 2,
-        );
+        )
+        .expect("the shared grocery photos");
         println!(
             "making {images} {}x{} JPEGs from the shared images...",
             size.0, size.1
@@ -68,7 +70,7 @@ fn main() {
             .iter()
             .chain(&grocery)
             .enumerate()
-            .map(|(i, p)| phone::phone_jpeg(p, size, i as u64))
+            .map(|(i, p)| phone::phone_jpeg(p, size, i as u64).expect("a phone-sized JPEG"))
             .collect()
     } else {
         files

@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+
 use fast_image_resize as fr;
 use image::codecs::jpeg::JpegEncoder;
 use image::{DynamicImage, RgbImage};
@@ -37,24 +39,22 @@ pub fn shared_dir() -> PathBuf {
 /// `count` images of `split` (a folder of label folders), spread over the
 /// labels: the first image of every label, then the second, and so on.
 /// Sorted, so every run takes the same images.
-pub fn pick_images(split: &Path, count: usize) -> Vec<PathBuf> {
-    let mut labels: Vec<Vec<PathBuf>> = sorted_entries(split)
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .map(|label| {
-            sorted_entries(&label)
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-                .collect()
-        })
-        .collect();
+pub fn pick_images(split: &Path, count: usize) -> Result<Vec<PathBuf>> {
+    let mut labels: Vec<Vec<PathBuf>> = Vec::new();
+    for label in sorted_entries(split)?.into_iter().filter(|p| p.is_dir()) {
+        let files = sorted_entries(&label)?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .collect();
+        labels.push(files);
+    }
     labels.retain(|files| !files.is_empty());
     let mut picked = Vec::with_capacity(count);
     for round in 0.. {
         let before = picked.len();
         for files in &labels {
             if picked.len() == count {
-                return picked;
+                return Ok(picked);
             }
             if let Some(f) = files.get(round) {
                 picked.push(f.clone());
@@ -64,46 +64,41 @@ pub fn pick_images(split: &Path, count: usize) -> Vec<PathBuf> {
             break;
         }
     }
-    picked
+    Ok(picked)
 }
 
-fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        v.push(entry?.path());
+    }
     v.sort();
-    v
+    Ok(v)
 }
 
 /// The photo at `src` as a `width`×`height` JPEG (quality 90): upscaled
 /// (Catmull-Rom, aspect ratio not kept), then noise with `seed`.
-pub fn phone_jpeg(src: &Path, (width, height): (u32, u32), seed: u64) -> Vec<u8> {
+pub fn phone_jpeg(src: &Path, (width, height): (u32, u32), seed: u64) -> Result<Vec<u8>> {
     let img = image::open(src)
-        .unwrap_or_else(|e| panic!("open {}: {e}", src.display()))
+        .with_context(|| format!("cannot open {}", src.display()))?
         .into_rgb8();
-    let mut big = upscale(&img, width, height);
+    let mut big = upscale(&img, width, height)?;
     add_noise(&mut big, seed);
     let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 90)
-        .encode_image(&DynamicImage::ImageRgb8(big))
-        .expect("encoding to memory does not fail");
-    out
+    JpegEncoder::new_with_quality(&mut out, 90).encode_image(&DynamicImage::ImageRgb8(big))?;
+    Ok(out)
 }
 
-fn upscale(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+fn upscale(src: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     let mut dst = RgbImage::new(width, height);
     let src_view =
-        fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3)
-            .unwrap();
+        fr::images::ImageRef::new(src.width(), src.height(), src.as_raw(), fr::PixelType::U8x3)?;
     let mut dst_view =
-        fr::images::Image::from_slice_u8(width, height, &mut dst, fr::PixelType::U8x3).unwrap();
+        fr::images::Image::from_slice_u8(width, height, &mut dst, fr::PixelType::U8x3)?;
     let options =
         fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
-    fr::Resizer::new()
-        .resize(&src_view, &mut dst_view, &options)
-        .unwrap();
-    dst
+    fr::Resizer::new().resize(&src_view, &mut dst_view, &options)?;
+    Ok(dst)
 }
 
 /// Sensor-like noise: a luminance part shared by the three channels plus a

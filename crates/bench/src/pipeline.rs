@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use verger_model::{EngineChoice, EngineConfig, INPUT_LEN, SharedModel};
+use verger_model::{EngineChoice, EngineConfig, INPUT_LEN, ModelFile, Precision, SharedModel};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -19,6 +19,12 @@ pub struct BenchConfig {
     /// Sizes to run, e.g. `[2000, 20000]` to show memory stays flat.
     pub image_counts: Vec<usize>,
     pub engines: Vec<EngineChoice>,
+    /// Which weights to measure, e.g. `[Fp32, Int8]`.
+    pub precisions: Vec<Precision>,
+    /// The sample's own images, or phone-sized JPEGs made from them.
+    pub photos: Photos,
+    /// Also run the Python peer (`peer/pillow_draft.py`) on the same images.
+    pub peer: bool,
     pub batch_size: usize,
     pub threads: usize,
     pub model: Option<PathBuf>,
@@ -30,6 +36,30 @@ pub struct BenchConfig {
     /// Where to run: 0 = embedded, N = a local Ballista scheduler with N
     /// executors sharing this machine (e.g. `[0, 1, 2]`).
     pub cluster_executors: Vec<usize>,
+}
+
+/// What the benchmark feeds the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Photos {
+    /// The dataset's images as they are (Fruits-360: 100×100).
+    #[default]
+    Sample,
+    /// 4032×3024 JPEGs of about 2 MB made from them in the work folder, as
+    /// a phone takes them (see [`crate::photos`]).
+    Large,
+}
+
+impl std::str::FromStr for Photos {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sample" => Ok(Photos::Sample),
+            "large" => Ok(Photos::Large),
+            other => Err(format!(
+                "unknown photos {other:?} (expected sample or large)"
+            )),
+        }
+    }
 }
 
 /// Images per second of time spent in each stage; `None` when the stage was
@@ -47,26 +77,28 @@ pub struct StageRates {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
     pub engine: String,
+    /// `fp32` or `int8`.
+    pub precision: String,
     /// `embedded`, or `cluster-N` (scheduler + N executors).
     pub mode: String,
     pub images: usize,
     pub ceiling_images_per_s: f64,
     pub end_to_end_images_per_s: f64,
     pub ratio: f64,
+    /// End to end over the fp32 ceiling of the same engine (when measured):
+    /// one scale for int8 rows and the peer.
+    pub ratio_to_fp32_ceiling: Option<f64>,
     pub wall_s: f64,
     pub peak_rss_mib: f64,
     pub stage_images_per_s: StageRates,
     pub errors: u64,
 }
 
-/// Runs the benchmark and returns one row per (engine, size).
+/// Runs the benchmark and returns one row per (precision, engine, size,
+/// placement), then one per size for the Python peer when asked.
 pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
-    // Absolute, so the symlinks made below resolve from any folder.
-    let dataset = std::fs::canonicalize(&config.dataset)
-        .with_context(|| format!("cannot find the dataset {}", config.dataset.display()))?;
-    let sample = sample_images(&dataset)?;
-    if sample.is_empty() {
-        bail!("no .jpg images under {}", config.dataset.display());
+    if config.model.is_some() && config.precisions.len() > 1 {
+        bail!("--model names one file: measure one --precision with it, or drop --model");
     }
     let work = match &config.work_dir {
         Some(dir) => {
@@ -77,84 +109,364 @@ pub fn bench(config: &BenchConfig, verger_exe: &Path) -> Result<Vec<BenchRow>> {
         }
         None => tempfile::Builder::new().prefix("verger-bench-").tempdir()?,
     };
-    let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
+    let images = BenchImages::prepare(config, work.path())?;
     let mut rows = Vec::new();
-    for &engine in &config.engines {
-        let engine_config = EngineConfig {
-            choice: engine,
-            threads: config.threads,
-            ort_library: config.ort_library.clone(),
-            batch_size: config.batch_size,
-        };
-        let model = SharedModel::load(&model_path, &engine_config)?;
-        let mut ceiling =
-            model_ceiling(&model, &sample, config.batch_size, config.ceiling_batches)?;
-        eprintln!(
-            "bench: {} model-only ceiling {ceiling:.1} images/s (batch {}, {} threads)",
-            model.engine_name(),
-            config.batch_size,
-            config.threads
-        );
-        let first_row = rows.len();
-        for &count in &config.image_counts {
-            let input = work.path().join(format!("input-{count}"));
-            if !input.exists() {
-                repeat_sample(&sample, &dataset, &input, count)?;
-            }
-            for &executors in &config.cluster_executors {
-                let mode = match executors {
-                    0 => "embedded".to_string(),
-                    n => format!("cluster-{n}"),
-                };
-                let output = work
-                    .path()
-                    .join(format!("output-{}-{count}-{mode}", model.engine_name()));
-                let target = Target {
-                    quiet: false,
-                    engine,
-                    model_path: &model_path,
-                    input: &input,
-                    output: &output,
-                };
-                let measured = if executors == 0 {
-                    run_child(verger_exe, config, &target, &[])?
-                } else {
-                    let cluster =
-                        LocalCluster::start(verger_exe, config, &target, executors, work.path())?;
-                    // Four slices per executor task slot keep every slot busy.
-                    let slices = (executors * 2 * 4).to_string();
-                    let mut measured = run_child(
-                        verger_exe,
-                        config,
-                        &target,
-                        &["--cluster", &cluster.url(), "--partitions", &slices],
-                    )?;
-                    measured.peak_rss_kib = cluster.stop();
-                    measured
-                };
-                let row = to_row(model.engine_name(), &mode, count, ceiling, &measured)?;
-                eprintln!(
-                    "bench: {} {mode} {count} images: {:.1} images/s end to end, peak RSS {:.0} MiB",
-                    row.engine, row.end_to_end_images_per_s, row.peak_rss_mib
-                );
-                rows.push(row);
-                std::fs::remove_dir_all(&output).ok();
-            }
-        }
-        // The machine is shared: measure the ceiling again after the runs and
-        // keep the higher figure, so a slow moment never flatters the ratio.
-        let again = model_ceiling(&model, &sample, config.batch_size, config.ceiling_batches)?;
-        eprintln!(
-            "bench: {} model-only ceiling again {again:.1} images/s",
-            model.engine_name()
-        );
-        ceiling = ceiling.max(again);
-        for row in &mut rows[first_row..] {
-            row.ceiling_images_per_s = ceiling;
-            row.ratio = row.end_to_end_images_per_s / ceiling;
+    for &precision in &config.precisions {
+        let file = ModelFile::locate(config.model.as_deref(), precision)?;
+        for &engine in &config.engines {
+            rows.extend(bench_engine(config, verger_exe, &file, engine, &images)?);
         }
     }
+    if config.peer {
+        let fp32 = ModelFile::locate(config.model.as_deref(), Precision::Fp32)?;
+        for &count in &config.image_counts {
+            rows.push(bench_peer(config, &fp32, &images, count)?);
+        }
+    }
+    relate_to_fp32_ceiling(&mut rows);
     Ok(rows)
+}
+
+/// The images a benchmark repeats: the dataset's own, or phone-sized
+/// JPEGs made from it (`--photos large`), and the repeated inputs.
+struct BenchImages {
+    dataset: PathBuf,
+    sample: Vec<PathBuf>,
+    work: PathBuf,
+}
+
+impl BenchImages {
+    fn prepare(config: &BenchConfig, work: &Path) -> Result<Self> {
+        // Absolute, so the symlinks made below resolve from any folder.
+        let dataset = std::fs::canonicalize(&config.dataset)
+            .with_context(|| format!("cannot find the dataset {}", config.dataset.display()))?;
+        let (dataset, sample) = match config.photos {
+            Photos::Sample => {
+                let sample = sample_images(&dataset)?;
+                (dataset, sample)
+            }
+            Photos::Large => {
+                let made = work.join("large-photos");
+                let most = config.image_counts.iter().copied().max().unwrap_or(0);
+                let sample = make_large_photos(&dataset, &made, most.min(LARGE_DISTINCT))?;
+                (made, sample)
+            }
+        };
+        if sample.is_empty() {
+            bail!("no .jpg images under {}", config.dataset.display());
+        }
+        Ok(BenchImages {
+            dataset,
+            sample,
+            work: work.to_path_buf(),
+        })
+    }
+
+    /// `count` images as symlinks to the sample (made once per count).
+    fn input(&self, count: usize) -> Result<PathBuf> {
+        let input = self.work.join(format!("input-{count}"));
+        if !input.exists() {
+            repeat_sample(&self.sample, &self.dataset, &input, count)?;
+        }
+        Ok(input)
+    }
+}
+
+/// Distinct phone-sized photos made for `--photos large`: more would only
+/// lengthen the set-up, since each is read from disk anew every time.
+const LARGE_DISTINCT: usize = 48;
+
+/// `count` 4032×3024 JPEGs (about 2 MB each, see [`crate::photos`]) made
+/// from the dataset's images into `target/<label>/`, on every core.
+fn make_large_photos(dataset: &Path, target: &Path, count: usize) -> Result<Vec<PathBuf>> {
+    let split = ["Test", "Validation"]
+        .iter()
+        .map(|s| dataset.join(s))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| dataset.to_path_buf());
+    let sources = crate::photos::pick_images(&split, count)?;
+    eprintln!(
+        "bench: making {} phone-sized JPEGs ({}x{}) from {}…",
+        sources.len(),
+        crate::photos::PHONE.0,
+        crate::photos::PHONE.1,
+        split.display()
+    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = sources.len().div_ceil(cores).max(1);
+    let made: Vec<Result<Vec<PathBuf>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, source)| {
+                            write_large_photo(source, target, (c * chunk + i) as u64)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a photo maker panicked")))
+            })
+            .collect()
+    });
+    let mut photos = Vec::new();
+    for part in made {
+        photos.extend(part?);
+    }
+    photos.sort();
+    Ok(photos)
+}
+
+fn write_large_photo(source: &Path, target: &Path, seed: u64) -> Result<PathBuf> {
+    let label = source
+        .parent()
+        .and_then(Path::file_name)
+        .context("a sample image sits in a label folder")?;
+    let path = target.join(label).join(format!("phone-{seed:03}.jpg"));
+    std::fs::create_dir_all(target.join(label))?;
+    std::fs::write(
+        &path,
+        crate::photos::phone_jpeg(source, crate::photos::PHONE, seed)?,
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The rows of one (precision, engine): its model-only ceiling, then a real
+/// `verger run` per size and placement.
+fn bench_engine(
+    config: &BenchConfig,
+    verger_exe: &Path,
+    file: &ModelFile,
+    engine: EngineChoice,
+    images: &BenchImages,
+) -> Result<Vec<BenchRow>> {
+    let engine_config = EngineConfig {
+        choice: engine,
+        threads: config.threads,
+        ort_library: config.ort_library.clone(),
+        batch_size: config.batch_size,
+    };
+    let model = SharedModel::load(file.clone(), &engine_config)?;
+    let name = format!("{} {}", model.engine_name(), file.precision);
+    let ceiling = || {
+        model_ceiling(
+            &model,
+            &images.sample,
+            config.batch_size,
+            config.ceiling_batches,
+        )
+    };
+    let mut best_ceiling = ceiling()?;
+    eprintln!(
+        "bench: {name} model-only ceiling {best_ceiling:.1} images/s (batch {}, {} threads)",
+        config.batch_size, config.threads
+    );
+    let mut rows = Vec::new();
+    for &count in &config.image_counts {
+        let input = images.input(count)?;
+        for &executors in &config.cluster_executors {
+            let mode = match executors {
+                0 => "embedded".to_string(),
+                n => format!("cluster-{n}"),
+            };
+            let output = images.work.join(format!(
+                "output-{}-{}-{count}-{mode}",
+                model.engine_name(),
+                file.precision
+            ));
+            let target = Target {
+                quiet: false,
+                engine,
+                model: file,
+                input: &input,
+                output: &output,
+            };
+            let measured = measure_run(verger_exe, config, &target, executors, &images.work)?;
+            let row = to_row(&model, &mode, count, best_ceiling, &measured)?;
+            eprintln!(
+                "bench: {name} {mode} {count} images: {:.1} images/s end to end, peak RSS {:.0} MiB",
+                row.end_to_end_images_per_s, row.peak_rss_mib
+            );
+            rows.push(row);
+            std::fs::remove_dir_all(&output).ok();
+        }
+    }
+    // The machine is shared: measure the ceiling again after the runs and
+    // keep the higher figure, so a slow moment never flatters the ratio.
+    let again = ceiling()?;
+    eprintln!("bench: {name} model-only ceiling again {again:.1} images/s");
+    best_ceiling = best_ceiling.max(again);
+    for row in &mut rows {
+        row.ceiling_images_per_s = best_ceiling;
+        row.ratio = row.end_to_end_images_per_s / best_ceiling;
+    }
+    Ok(rows)
+}
+
+/// One `verger run`, embedded or on a local cluster of `executors`.
+fn measure_run(
+    verger_exe: &Path,
+    config: &BenchConfig,
+    target: &Target,
+    executors: usize,
+    work: &Path,
+) -> Result<ChildRun> {
+    if executors == 0 {
+        return run_child(verger_exe, config, target, &[]);
+    }
+    let cluster = LocalCluster::start(verger_exe, config, target, executors, work)?;
+    // Four slices per executor task slot keep every slot busy.
+    let slices = (executors * 2 * 4).to_string();
+    let mut measured = run_child(
+        verger_exe,
+        config,
+        target,
+        &["--cluster", &cluster.url(), "--partitions", &slices],
+    )?;
+    measured.peak_rss_kib = cluster.stop();
+    Ok(measured)
+}
+
+/// The Python peer (`peer/pillow_draft.py`) on the same `count` images, with
+/// the fp32 model, the same threads and batch size.
+fn bench_peer(
+    config: &BenchConfig,
+    fp32: &ModelFile,
+    images: &BenchImages,
+    count: usize,
+) -> Result<BenchRow> {
+    let input = images.input(count)?;
+    let script = images.work.join("pillow_draft.py");
+    std::fs::write(&script, include_str!("../peer/pillow_draft.py"))?;
+    let mut paths = Vec::new();
+    collect_jpgs(&input, &mut paths)?;
+    paths.sort();
+    let list = images.work.join(format!("peer-{count}.txt"));
+    let lines: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    std::fs::write(&list, lines.join("\n"))?;
+    let python = peer_python();
+    let started = Instant::now();
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&fp32.path)
+        .arg(config.threads.to_string())
+        .arg(config.batch_size.to_string())
+        .arg(&list)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start the Python peer with {}", python.display()))?;
+    let pid = child.id();
+    let mut out = String::new();
+    if let Some(pipe) = child.stdout.as_mut() {
+        std::io::Read::read_to_string(pipe, &mut out)?;
+    }
+    let (status, peak_rss_kib) = wait_with_peak_rss(pid)?;
+    let wall_s = started.elapsed().as_secs_f64();
+    if status != 0 {
+        bail!(
+            "the Python peer failed (wait status {status}); it needs onnxruntime, numpy and pillow ({})",
+            python.display()
+        );
+    }
+    let peer: PeerResult = serde_json::from_str(out.trim())
+        .with_context(|| format!("the Python peer printed {out:?}, not its JSON line"))?;
+    let n = peer.images as f64;
+    Ok(BenchRow {
+        engine: "python: Pillow draft + onnxruntime".into(),
+        precision: "fp32".into(),
+        mode: "peer".into(),
+        images: peer.images,
+        ceiling_images_per_s: f64::NAN,
+        end_to_end_images_per_s: n / wall_s,
+        ratio: f64::NAN,
+        ratio_to_fp32_ceiling: None,
+        wall_s,
+        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        stage_images_per_s: StageRates {
+            list: None,
+            read: None,
+            decode_resize: (peer.decode_s > 0.0).then(|| n / peer.decode_s),
+            inference: (peer.inference_s > 0.0).then(|| n / peer.inference_s),
+            pca_fit: None,
+            write: None,
+        },
+        errors: 0,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct PeerResult {
+    images: usize,
+    decode_s: f64,
+    inference_s: f64,
+}
+
+/// `.venv/bin/python` of the project (found upwards from here), else
+/// `python3`; `VERGER_PYTHON` overrides.
+fn peer_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("VERGER_PYTHON") {
+        return PathBuf::from(python);
+    }
+    std::env::current_dir()
+        .ok()
+        .and_then(|dir| {
+            dir.ancestors()
+                .map(|d| d.join(".venv/bin/python"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+fn collect_jpgs(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_jpgs(&path, found)?;
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("jpg"))
+        {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Every row against the fp32 ceiling of its engine (the peer against
+/// onnxruntime's), so int8 and the peer read on one scale.
+fn relate_to_fp32_ceiling(rows: &mut [BenchRow]) {
+    let fp32_ceiling = |engine: &str| {
+        rows.iter()
+            .find(|r| r.precision == "fp32" && r.mode != "peer" && r.engine == engine)
+            .map(|r| r.ceiling_images_per_s)
+    };
+    let ceilings: Vec<Option<f64>> = rows
+        .iter()
+        .map(|r| {
+            let engine = if r.mode == "peer" {
+                "onnxruntime"
+            } else {
+                r.engine.as_str()
+            };
+            fp32_ceiling(engine)
+        })
+        .collect();
+    for (row, ceiling) in rows.iter_mut().zip(ceilings) {
+        row.ratio_to_fp32_ceiling = ceiling.map(|c| row.end_to_end_images_per_s / c);
+        if let Some(c) = ceiling.filter(|_| row.mode == "peer") {
+            row.ceiling_images_per_s = c;
+            row.ratio = row.end_to_end_images_per_s / c;
+        }
+    }
 }
 
 fn sample_images(dataset: &Path) -> Result<Vec<PathBuf>> {
@@ -224,7 +536,7 @@ struct ChildRun {
 struct Target<'a> {
     quiet: bool,
     engine: EngineChoice,
-    model_path: &'a Path,
+    model: &'a ModelFile,
     input: &'a Path,
     output: &'a Path,
 }
@@ -256,7 +568,8 @@ fn run_child(
         .arg("--threads")
         .arg(config.threads.to_string())
         .arg("--model")
-        .arg(target.model_path)
+        .arg(&target.model.path)
+        .args(["--precision", target.model.precision.as_str()])
         .args(extra);
     if !extra.contains(&"--resume") {
         command.arg("--overwrite");
@@ -308,7 +621,7 @@ fn wait_with_peak_rss(pid: u32) -> Result<(i32, i64)> {
 }
 
 fn to_row(
-    engine: &str,
+    model: &SharedModel,
     mode: &str,
     images: usize,
     ceiling: f64,
@@ -320,12 +633,14 @@ fn to_row(
     // The run's own total excludes process start; the wall time includes it.
     let end_to_end = n / run.wall_s;
     Ok(BenchRow {
-        engine: engine.to_string(),
+        engine: model.engine_name().to_string(),
+        precision: model.file().precision.to_string(),
         mode: mode.to_string(),
         images,
         ceiling_images_per_s: ceiling,
         end_to_end_images_per_s: end_to_end,
         ratio: end_to_end / ceiling,
+        ratio_to_fp32_ceiling: None,
         wall_s: run.wall_s,
         peak_rss_mib: run.peak_rss_kib as f64 / 1024.0,
         stage_images_per_s: StageRates {
@@ -343,8 +658,8 @@ fn to_row(
 /// A Markdown table of the rows, for the terminal and for notes.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "| engine | mode | images | ceiling img/s | end-to-end img/s | ratio | peak RSS MiB | list | read | decode+resize | inference | PCA fit | write |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| engine | precision | mode | images | ceiling img/s | end-to-end img/s | ratio | vs fp32 ceiling | peak RSS MiB | list | read | decode+resize | inference | PCA fit | write |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let show = |rate: Option<f64>, decimals: usize| match rate {
         Some(rate) => format!("{rate:.decimals$}"),
@@ -353,13 +668,16 @@ pub fn table(rows: &[BenchRow]) -> String {
     for r in rows {
         let s = &r.stage_images_per_s;
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1}% | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1}% | {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
             r.engine,
+            r.precision,
             r.mode,
             r.images,
             r.ceiling_images_per_s,
             r.end_to_end_images_per_s,
             r.ratio * 100.0,
+            r.ratio_to_fp32_ceiling
+                .map_or("–".to_string(), |x| format!("{:.1}%", x * 100.0)),
             r.peak_rss_mib,
             show(s.list, 0),
             show(s.read, 0),
@@ -422,7 +740,8 @@ impl LocalCluster {
                 .arg("--batch-size")
                 .arg(config.batch_size.to_string())
                 .arg("--model")
-                .arg(target.model_path)
+                .arg(&target.model.path)
+                .args(["--precision", target.model.precision.as_str()])
                 .arg("--work-dir")
                 .arg(work.join(format!("executor-{i}")))
                 .stdout(quiet())
@@ -563,7 +882,7 @@ pub fn bench_listing(
     let work = tempfile::Builder::new()
         .prefix("verger-bench-listing-")
         .tempdir_in(config.work_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
+    let model = ModelFile::locate(config.model.as_deref(), Precision::Fp32)?;
     let mut rows = Vec::new();
     for &objects in counts {
         let input = work.path().join(format!("input-{objects}"));
@@ -573,7 +892,7 @@ pub fn bench_listing(
         let target = Target {
             quiet: true,
             engine: config.engines.first().copied().unwrap_or_default(),
-            model_path: &model_path,
+            model: &model,
             input: &input,
             output: &output,
         };
@@ -591,7 +910,7 @@ pub fn bench_listing(
             .arg(&resumed_output)
             .args(["--progress", "off", "--k", "2", "--model"])
             .env("VERGER_LOG", "error")
-            .arg(&model_path)
+            .arg(&model.path)
             .args(
                 config
                     .ort_library

@@ -145,6 +145,10 @@ struct ExecutorArgs {
     /// Seconds to wait for the scheduler at start-up
     #[arg(long, default_value_t = 60)]
     connect_timeout: u16,
+    /// Which weights: fp32 (the shared model) or int8 (built by tools/quantize_int8.py);
+    /// the clients' runs must use the same
+    #[arg(long, default_value = "fp32")]
+    precision: verger_model::Precision,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -224,6 +228,12 @@ struct RunArgs {
     /// authentication: keep the cluster on a private network
     #[arg(long, env = "VERGER_CLUSTER", value_name = "URL")]
     cluster: Option<String>,
+    /// Which weights: fp32 (the shared model) or int8 (the same network with its
+    /// quantization-aware-trained scales, built by tools/quantize_int8.py into models/;
+    /// features within a cosine of 0.99 of fp32). run.json records it with the model's sha256;
+    /// on a cluster the executors must hold the same file
+    #[arg(long, default_value = "fp32")]
+    precision: verger_model::Precision,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -256,6 +266,18 @@ struct BenchArgs {
     /// objects (e.g. 10000,100000): listing time, peak RSS, a killed and resumed run
     #[arg(long, value_delimiter = ',', value_name = "OBJECTS")]
     listing: Option<Vec<usize>>,
+    /// Weights to measure, comma-separated: fp32 (the shared model), int8 (built by
+    /// tools/quantize_int8.py into models/)
+    #[arg(long, value_delimiter = ',', default_value = "fp32")]
+    precision: Vec<verger_model::Precision>,
+    /// Images to feed: sample (the dataset's own) or large (4032x3024 phone-sized JPEGs of
+    /// about 2 MB, made from the dataset in the work folder)
+    #[arg(long, default_value = "sample")]
+    photos: verger_bench::pipeline::Photos,
+    /// Also run the Python peer (Pillow with draft() + onnxruntime, fp32, same threads and
+    /// batch) on the same images, with the project's .venv (or VERGER_PYTHON)
+    #[arg(long)]
+    peer: bool,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -364,6 +386,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.max_pixels = args.max_pixels;
     config.progress = args.progress.into();
     config.model = args.model.model;
+    config.precision = args.precision;
     config.engine = args.model.engine.map(Into::into);
     config.ort_library = args.model.ort_library;
     config.batch_size = args.model.batch_size;
@@ -427,6 +450,7 @@ fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         connect_timeout_s: args.connect_timeout,
         model: args.model.model,
+        precision: args.precision,
         engine: verger_model::EngineConfig {
             choice: args.model.engine.unwrap_or(EngineArg::Auto).into(),
             threads: args.model.threads.unwrap_or(cores).max(1),
@@ -443,6 +467,9 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         dataset: args.dataset,
         image_counts: args.images,
         engines: args.engines.into_iter().map(Into::into).collect(),
+        precisions: args.precision,
+        photos: args.photos,
+        peer: args.peer,
         batch_size: args.model.batch_size.max(1),
         threads: args.model.threads.unwrap_or(cores),
         model: args.model.model,
@@ -528,6 +555,10 @@ struct ServeArgs {
     /// Threads per inference call [default: all cores]
     #[arg(long)]
     threads: Option<usize>,
+    /// Which weights: fp32 (the shared model) or int8 (built by tools/quantize_int8.py); the
+    /// classifier must have been trained on features of the same model
+    #[arg(long, default_value = "fp32")]
+    precision: verger_model::Precision,
 }
 
 const BENCH_SERVE_ABOUT: &str = "Load-test a running `verger serve` (start it first).\n\n\
@@ -591,6 +622,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = verger_serve::ServeConfig::new(args.classifier);
     config.model = args.model;
+    config.precision = args.precision;
     config.engine.choice = args.engine.into();
     config.engine.ort_library = args.ort_library;
     if let Some(threads) = args.threads {

@@ -10,7 +10,7 @@ use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use verger_datafusion::{FeaturizeContext, FeaturizeUdf, PcaFitUdaf, PcaProjectUdf, StageMetrics};
-use verger_model::{EngineConfig, SharedModel};
+use verger_model::{EngineConfig, ModelFile, Precision, SharedModel};
 
 use crate::codec::{GRPC_MESSAGE_LIMIT, physical_codec, session_config};
 use crate::part_write::{WorkerInfo, set_worker_info};
@@ -35,15 +35,19 @@ pub struct ExecutorOptions {
     /// How long to wait for the scheduler at start-up.
     pub connect_timeout_s: u16,
     pub model: Option<PathBuf>,
+    /// Which weights (the client's run must use the same file).
+    pub precision: Precision,
     pub engine: EngineConfig,
 }
 
 pub async fn run_executor(options: ExecutorOptions) -> Result<()> {
     // The model first: an executor that cannot featurize must not register.
-    let model_path = verger_model::resolve_model_path(options.model.as_deref())?;
+    let (explicit, precision) = (options.model.clone(), options.precision);
     let engine = options.engine.clone();
-    let model =
-        tokio::task::spawn_blocking(move || SharedModel::load(&model_path, &engine)).await??;
+    let model = tokio::task::spawn_blocking(move || {
+        SharedModel::load(ModelFile::locate(explicit.as_deref(), precision)?, &engine)
+    })
+    .await??;
     set_worker_info(WorkerInfo {
         id: options.id.clone(),
         engine: model.engine_name().to_string(),

@@ -423,14 +423,15 @@ mod tests {
         }
         let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
         let metrics = Arc::new(StageMetrics::default());
-        let model_path = verger_model::resolve_model_path(None).unwrap();
+        let model_file =
+            verger_model::ModelFile::locate(None, verger_model::Precision::Fp32).unwrap();
         let config = EngineConfig {
             choice: EngineChoice::Auto,
             threads: 2,
             ort_library: None,
             batch_size: 8,
         };
-        let model = SharedModel::load(&model_path, &config).unwrap();
+        let model = SharedModel::load(model_file, &config).unwrap();
         let context = Arc::new(FeaturizeContext::new(model, metrics.clone()));
         let ctx = SessionContext::new();
         crate::register_functions(&ctx, context);

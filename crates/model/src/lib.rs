@@ -7,6 +7,13 @@
 //! (through `ort`, loaded dynamically; the default, it is the faster) and
 //! pure-Rust `tract` (the fallback when no ONNX Runtime library is present).
 //!
+//! Two sets of weights can be chosen by [`Precision`]: `fp32`, the shared
+//! model (`shared/models/mobilenet_v2_1.0_224_features.onnx` beside the
+//! project), and `int8`, the same network quantized with the TFLite file's
+//! own scales (`models/mobilenet_v2_1.0_224_int8.onnx`, built by
+//! `tools/quantize_int8.py`). Both take the same input and give the same
+//! 1280-d `features` output; their features agree to a cosine of about 0.996.
+//!
 //! It knows nothing of image files, storage, PCA or DataFusion: it takes
 //! tensors and gives vectors.
 
@@ -26,6 +33,80 @@ pub const FEATURE_DIM: usize = 1280;
 pub const INPUT_LEN: usize = 3 * 224 * 224;
 /// The file name of the shared model, looked for in the usual places.
 pub const DEFAULT_MODEL_FILE: &str = "mobilenet_v2_1.0_224_features.onnx";
+/// The file name of the int8 model `tools/quantize_int8.py` builds (in the
+/// project's git-ignored `models/` folder).
+pub const INT8_MODEL_FILE: &str = "mobilenet_v2_1.0_224_int8.onnx";
+/// sha256 of the shared fp32 model (`shared/models/README.md`).
+pub const FP32_MODEL_SHA256: &str =
+    "61a28d70298ef318cc53284e57bcd605e474f0a060a17478781df7cea2e270f3";
+/// sha256 of the int8 model as `tools/quantize_int8.py` builds it with the
+/// pinned `tools/requirements.txt` (the same bytes on every machine).
+pub const INT8_MODEL_SHA256: &str =
+    "2f7c54fbdb4a2af7db396bec647255d170ba7496d32deaae2f7310b6fd585077";
+
+/// Which weights of MobileNetV2 turn images into features.
+///
+/// Both files take the same float input and give float features; `int8`
+/// runs ONNX Runtime's 8-bit kernels (QDQ graph). The precision is part of
+/// what a run's rows are: `run.json` and `classifier.json` record it beside
+/// the model's sha256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// The shared float model (the default).
+    #[default]
+    Fp32,
+    /// The int8 model built by `tools/quantize_int8.py`.
+    Int8,
+}
+
+impl Precision {
+    /// `"fp32"` or `"int8"`, as flags and documents spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// The file name verger looks for when no `--model` is given.
+    pub fn default_file(self) -> &'static str {
+        match self {
+            Precision::Fp32 => DEFAULT_MODEL_FILE,
+            Precision::Int8 => INT8_MODEL_FILE,
+        }
+    }
+
+    /// The precision of a model file verger knows by its sha256 (`None`
+    /// for any other file: a `--model` of one's own is taken at its word).
+    pub fn of_known_sha256(sha256: &str) -> Option<Precision> {
+        if sha256.eq_ignore_ascii_case(FP32_MODEL_SHA256) {
+            Some(Precision::Fp32)
+        } else if sha256.eq_ignore_ascii_case(INT8_MODEL_SHA256) {
+            Some(Precision::Int8)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "int8" => Ok(Precision::Int8),
+            other => Err(format!(
+                "unknown precision {other:?} (expected fp32 or int8)"
+            )),
+        }
+    }
+}
 
 static MODEL_LOADS: AtomicUsize = AtomicUsize::new(0);
 
@@ -42,6 +123,22 @@ pub enum ModelError {
          shared/models/{DEFAULT_MODEL_FILE} beside the project; pass --model PATH or set VERGER_MODEL"
     )]
     NotFound { tried: String },
+    #[error(
+        "the int8 model is not built: {tried}. Build it with \
+         `.venv/bin/pip install -r tools/requirements.txt && .venv/bin/python tools/quantize_int8.py` \
+         (writes models/{INT8_MODEL_FILE}, see tools/README.md), or pass --model PATH"
+    )]
+    Int8NotBuilt { tried: String },
+    #[error(
+        "--precision {asked} does not match the model {path}: it is verger's {actual} model \
+         (sha256 {sha_prefix}…); drop --model to use the {asked} model, or pass --precision {actual}"
+    )]
+    PrecisionMismatch {
+        asked: Precision,
+        actual: Precision,
+        path: String,
+        sha_prefix: String,
+    },
     #[error("cannot read model {path}: {reason}")]
     Unreadable { path: String, reason: String },
     #[error(
@@ -93,32 +190,56 @@ impl std::str::FromStr for EngineChoice {
     }
 }
 
-/// What the model file is: where, and its sha256 (recorded with every output
-/// so features from different models are never mixed).
+/// What the model file is: where, its sha256 (recorded with every output
+/// so features from different models are never mixed) and its precision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelFile {
     pub path: PathBuf,
     pub sha256: String,
+    pub precision: Precision,
 }
 
 impl ModelFile {
-    pub fn open(path: &Path) -> Result<Self, ModelError> {
+    /// Hashes the file at `path`, to be run at `precision`. A file verger
+    /// knows (the shared fp32 model, the int8 model of
+    /// `tools/quantize_int8.py`) must be of that precision; any other file
+    /// is taken at the caller's word.
+    pub fn open(path: &Path, precision: Precision) -> Result<Self, ModelError> {
         use sha2::Digest;
         let bytes = std::fs::read(path).map_err(|e| ModelError::Unreadable {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        Ok(ModelFile {
-            path: path.to_path_buf(),
-            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
-        })
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        match Precision::of_known_sha256(&sha256) {
+            Some(actual) if actual != precision => Err(ModelError::PrecisionMismatch {
+                asked: precision,
+                actual,
+                path: path.display().to_string(),
+                sha_prefix: sha256[..12].to_string(),
+            }),
+            _ => Ok(ModelFile {
+                path: path.to_path_buf(),
+                sha256,
+                precision,
+            }),
+        }
+    }
+
+    /// [`resolve_model_path`], then [`ModelFile::open`].
+    pub fn locate(explicit: Option<&Path>, precision: Precision) -> Result<Self, ModelError> {
+        Self::open(&resolve_model_path(explicit, precision)?, precision)
     }
 }
 
-/// Finds the model: the explicit path (from `--model` or `VERGER_MODEL`), else
-/// the shared model beside the project, searched from the current folder and
-/// from the executable's folder upwards.
-pub fn resolve_model_path(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
+/// Finds the model: the explicit path (from `--model` or `VERGER_MODEL`),
+/// else the file of `precision`, searched from the current folder and from
+/// the executable's folder upwards: `shared/models/` + the shared fp32
+/// model, or `models/` + the int8 model `tools/quantize_int8.py` builds.
+pub fn resolve_model_path(
+    explicit: Option<&Path>,
+    precision: Precision,
+) -> Result<PathBuf, ModelError> {
     if let Some(path) = explicit {
         return if path.is_file() {
             Ok(path.to_path_buf())
@@ -128,43 +249,59 @@ pub fn resolve_model_path(explicit: Option<&Path>) -> Result<PathBuf, ModelError
             })
         };
     }
-    let found = search_upwards(|dir| {
-        let candidate = dir.join("shared/models").join(DEFAULT_MODEL_FILE);
-        candidate.is_file().then_some(candidate)
+    find_default(precision, &search_starts())
+}
+
+/// The default file of `precision` under `starts` or their parents.
+fn find_default(precision: Precision, starts: &[PathBuf]) -> Result<PathBuf, ModelError> {
+    let folder = match precision {
+        Precision::Fp32 => "shared/models",
+        Precision::Int8 => "models",
+    };
+    let file = precision.default_file();
+    let found = starts.iter().find_map(|start| {
+        start.ancestors().find_map(|dir| {
+            let candidate = dir.join(folder).join(file);
+            candidate.is_file().then_some(candidate)
+        })
     });
     if let Some(found) = found {
         return Ok(found);
     }
-    let tried: Vec<String> = std::env::current_dir()
-        .into_iter()
-        .map(|dir| {
-            dir.join("shared/models")
-                .join(DEFAULT_MODEL_FILE)
-                .display()
-                .to_string()
-        })
+    let tried: Vec<String> = starts
+        .iter()
+        .map(|dir| dir.join(folder).join(file).display().to_string())
         .collect();
-    Err(ModelError::NotFound {
-        tried: format!(
-            "no --model given; looked for {} and above",
-            tried.join(", ")
-        ),
+    let tried = format!(
+        "no --model given; looked for {} and above",
+        tried.join(", ")
+    );
+    Err(match precision {
+        Precision::Fp32 => ModelError::NotFound { tried },
+        Precision::Int8 => ModelError::Int8NotBuilt { tried },
     })
 }
 
-/// The first hit of `probe` on the current folder, the executable's folder,
-/// or any of their parents: how verger finds the shared model and the
-/// project's `.venv` without being told.
-pub(crate) fn search_upwards(mut probe: impl FnMut(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
-    let starts = [
+/// Where verger looks for what it was not told: the current folder and
+/// the executable's folder.
+fn search_starts() -> Vec<PathBuf> {
+    [
         std::env::current_dir().ok(),
         std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf)),
-    ];
-    starts
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The first hit of `probe` on the current folder, the executable's folder,
+/// or any of their parents: how verger finds the project's `.venv` without
+/// being told.
+pub(crate) fn search_upwards(mut probe: impl FnMut(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    search_starts()
         .into_iter()
-        .flatten()
         .find_map(|start| start.ancestors().find_map(&mut probe))
 }
 
@@ -201,8 +338,10 @@ impl std::fmt::Debug for SharedModel {
 }
 
 impl SharedModel {
-    pub fn load(model_path: &Path, config: &EngineConfig) -> Result<Arc<Self>, ModelError> {
-        let file = ModelFile::open(model_path)?;
+    /// Loads `file` into the engine `config` asks for. The file was found
+    /// and hashed by [`ModelFile::locate`] (or [`ModelFile::open`]).
+    pub fn load(file: ModelFile, config: &EngineConfig) -> Result<Arc<Self>, ModelError> {
+        let model_path = file.path.as_path();
         let started = std::time::Instant::now();
         let engine: Box<dyn FeatureEngine> = match config.choice {
             EngineChoice::Ort => Box::new(OrtEngine::load(model_path, config)?),
@@ -221,6 +360,7 @@ impl SharedModel {
             engine = engine.name(),
             model = %file.path.display(),
             sha256 = %file.sha256,
+            precision = %file.precision,
             pid = std::process::id(),
             loads_in_process = loads,
             elapsed_ms = started.elapsed().as_millis() as u64,

@@ -199,6 +199,14 @@ pub struct FeatureModel {
     pub sha256: String,
     /// `onnxruntime` or `tract`.
     pub engine: String,
+    /// `fp32` (the shared model) or `int8` (`tools/quantize_int8.py`).
+    /// Documents written before int8 existed have none: they were all fp32.
+    #[serde(default = "fp32")]
+    pub precision: String,
+}
+
+fn fp32() -> String {
+    "fp32".to_string()
 }
 
 /// Wall-clock seconds of each phase, plus the per-stage sums.
@@ -374,6 +382,7 @@ mod tests {
                 path: "m.onnx".into(),
                 sha256: "61a2".into(),
                 engine: "onnxruntime".into(),
+                precision: "fp32".into(),
             },
             timings: Timings::default(),
             explained_variance: vec![0.5, 0.2],

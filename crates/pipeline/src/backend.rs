@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use verger_datafusion::FeaturizeOptions;
+use verger_model::ModelFile;
 use verger_output::{ClusterRecord, FeatureModel, StagingManifest, StagingSpec, TaskSummary};
 use verger_pca::{PcaModel, PcaStats};
 use verger_store::{Location, NameFilter};
@@ -35,11 +36,15 @@ pub(crate) enum Backend {
 impl Backend {
     /// Gets ready to run: loads the model (embedded) or checks the
     /// scheduler and hashes the model the executors must hold (cluster).
-    pub(crate) async fn start(config: &RunConfig, output: &Location) -> Result<Self> {
+    pub(crate) async fn start(
+        config: &RunConfig,
+        model: ModelFile,
+        output: &Location,
+    ) -> Result<Self> {
         Ok(match &config.placement {
-            Placement::Embedded => Backend::Embedded(Embedded::start(config).await?),
+            Placement::Embedded => Backend::Embedded(Embedded::start(config, model).await?),
             Placement::Cluster(url) => {
-                Backend::Cluster(OnCluster::start(config, url, output).await?)
+                Backend::Cluster(OnCluster::start(config, model, url, output).await?)
             }
         })
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use verger_image::PreprocessConfig;
-use verger_model::{EngineChoice, EngineConfig};
+use verger_model::{EngineChoice, EngineConfig, Precision};
 
 use crate::progress::ProgressMode;
 
@@ -42,6 +42,9 @@ pub struct RunConfig {
     pub k: usize,
     pub center: bool,
     pub model: Option<PathBuf>,
+    /// Which weights: the shared fp32 model or the int8 one. On a cluster the
+    /// executors must hold the same file (checked by sha256).
+    pub precision: Precision,
     /// `None`: ONNX Runtime when found, else tract. Executors choose their
     /// own, so it is refused with a cluster.
     pub engine: Option<EngineChoice>,
@@ -77,6 +80,7 @@ impl RunConfig {
             k: 5,
             center: false,
             model: None,
+            precision: Precision::Fp32,
             engine: None,
             ort_library: None,
             batch_size: 32,

@@ -12,7 +12,7 @@ use datafusion::physical_plan::execute_stream_partitioned;
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 use verger_datafusion::{FeaturizeContext, ImageTable, StageMetrics, phases};
-use verger_model::SharedModel;
+use verger_model::{ModelFile, SharedModel};
 use verger_output::{
     ErrorBudget, FEATURES_DIR, FeatureModel, STAGED_FEATURES_DIR, StagingManifest, StagingWriter,
     TaskSummary, features_schema,
@@ -37,12 +37,10 @@ pub(crate) struct Embedded {
 
 impl Embedded {
     /// Loads the model (once, for every partition of every phase).
-    pub(crate) async fn start(config: &RunConfig) -> Result<Self> {
-        let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
+    pub(crate) async fn start(config: &RunConfig, file: ModelFile) -> Result<Self> {
         let started = Instant::now();
         let engine = config.engine_config();
-        let model =
-            tokio::task::spawn_blocking(move || SharedModel::load(&model_path, &engine)).await??;
+        let model = tokio::task::spawn_blocking(move || SharedModel::load(file, &engine)).await??;
         Ok(Embedded {
             model,
             metrics: Arc::new(StageMetrics::default()),
@@ -58,6 +56,7 @@ impl Embedded {
             path: self.model.file().path.display().to_string(),
             sha256: self.model.file().sha256.clone(),
             engine: self.model.engine_name().to_string(),
+            precision: self.model.file().precision.to_string(),
         }
     }
 

@@ -31,12 +31,15 @@ impl OnCluster {
     /// Checks the scheduler answers, cancels what an interrupted run left
     /// running on `output`, and hashes the client's model file (the
     /// executors' must match it; the client never loads it).
-    pub(crate) async fn start(config: &RunConfig, url: &str, output: &Location) -> Result<Self> {
+    pub(crate) async fn start(
+        config: &RunConfig,
+        model: ModelFile,
+        url: &str,
+        output: &Location,
+    ) -> Result<Self> {
         let cluster = Cluster::parse(url)?;
         cluster.check_reachable().await?;
         cluster.cancel_jobs_writing(output.display_root()).await?;
-        let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
-        let model = tokio::task::spawn_blocking(move || ModelFile::open(&model_path)).await??;
         Ok(OnCluster {
             cluster,
             slices: u32::try_from(config.partitions).unwrap_or(u32::MAX).max(1),
@@ -117,6 +120,7 @@ impl OnCluster {
             ),
             sha256: self.model.sha256.clone(),
             engine,
+            precision: self.model.precision.to_string(),
         })
     }
 

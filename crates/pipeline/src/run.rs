@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use verger_datafusion::FeaturizeOptions;
+use verger_model::ModelFile;
 use verger_output::{
     Counts, DoneWork, JobIdentity, OutputDir, PCA_MODEL_FILE, Parameters, RUN_FILE, RunRecord,
     StageTimes, StagingSpec, TaskSummary, Timings, Versions,
@@ -25,10 +26,15 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
     config.validate()?;
     let filter = NameFilter::new(&config.glob)?;
     let input = open_input(config, &filter).await?;
-    let output_location = OutputDir::open_location(&config.output, &input)?;
-    // The model before the output: a missing model must not cost an
+    // The model before the output: a missing model, or one of the other
+    // precision, must neither create the output folder nor cost an
     // --overwrite its previous result.
-    let backend = Backend::start(config, &output_location).await?;
+    let (explicit, precision) = (config.model.clone(), config.precision);
+    let model =
+        tokio::task::spawn_blocking(move || ModelFile::locate(explicit.as_deref(), precision))
+            .await??;
+    let output_location = OutputDir::open_location(&config.output, &input)?;
+    let backend = Backend::start(config, model, &output_location).await?;
     let job = JobIdentity {
         input: input.display_root().to_string(),
         glob: config.glob.clone(),

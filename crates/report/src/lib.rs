@@ -36,6 +36,8 @@ mod evaluation;
 mod html;
 mod input;
 mod plots;
+#[cfg(test)]
+mod synthetic_tests;
 
 pub use evaluation::{ClassScore, Evaluation, KnnBaseline};
 pub use html::escape;

@@ -72,6 +72,9 @@ pub struct ServeConfig {
     pub classifier_dir: PathBuf,
     /// The ONNX feature model; `None` = the shared model found beside the project.
     pub model: Option<PathBuf>,
+    /// Which weights; the classifier must have been trained on features of
+    /// the same file.
+    pub precision: verger_model::Precision,
     pub engine: EngineConfig,
     pub limits: Limits,
     pub batch: BatchConfig,
@@ -89,6 +92,7 @@ impl ServeConfig {
         ServeConfig {
             classifier_dir,
             model: None,
+            precision: verger_model::Precision::Fp32,
             engine: EngineConfig {
                 choice: EngineChoice::Auto,
                 threads: cores,
@@ -161,18 +165,18 @@ impl Service {
                     config.classifier_dir.display()
                 )
             })?;
-        let model_path = verger_model::resolve_model_path(config.model.as_deref())?;
-        let file = verger_model::ModelFile::open(&model_path)?;
+        let file = verger_model::ModelFile::locate(config.model.as_deref(), config.precision)?;
         check_same_feature_model(
             &config.classifier_dir,
             classifier.feature_model_sha256(),
-            &model_path,
+            &file.path,
             &file.sha256,
         )?;
-        let model = verger_model::SharedModel::load(&model_path, &config.engine)?;
+        let model_sha256 = file.sha256.clone();
+        let model = verger_model::SharedModel::load(file, &config.engine)?;
         let info = ServedModel {
             engine: model.engine_name().to_string(),
-            model_sha256: file.sha256,
+            model_sha256,
             labels: classifier.labels().len(),
         };
         Ok(Service::from_parts(

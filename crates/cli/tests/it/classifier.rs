@@ -16,27 +16,27 @@ use crate::support::{
 /// The target on `Test/`.
 const TARGET_TOP1: f64 = 0.97;
 
-struct Trained {
+pub(crate) struct Trained {
     /// Holds classifier.json (kept for the whole test process).
     dir: tempfile::TempDir,
     output: RunOutput,
 }
 
 impl Trained {
-    fn model(&self) -> &Path {
+    pub(crate) fn model(&self) -> &Path {
         self.dir.path()
     }
 }
 
 /// `verger train` once over the sample run, shared by the tests below.
-static TRAINED: LazyLock<Trained> = LazyLock::new(|| {
+pub(crate) static TRAINED: LazyLock<Trained> = LazyLock::new(|| {
     let dir = tempdir();
     let output = train(&sample_run().out, dir.path()).exec().assert_success();
     eprintln!("classifier: {} in {:.1?}", output.command, output.elapsed);
     Trained { dir, output }
 });
 
-fn train(features: &Path, out: &Path) -> Verger {
+pub(crate) fn train(features: &Path, out: &Path) -> Verger {
     Verger::new()
         .arg("train")
         .arg("--features")
@@ -45,7 +45,7 @@ fn train(features: &Path, out: &Path) -> Verger {
         .arg(out)
 }
 
-fn evaluate(model: &Path, features: &Path, out: &Path) -> Verger {
+pub(crate) fn evaluate(model: &Path, features: &Path, out: &Path) -> Verger {
     Verger::new()
         .arg("evaluate")
         .arg("--classifier")

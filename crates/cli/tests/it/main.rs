@@ -13,6 +13,7 @@ mod incremental;
 mod interop;
 mod output;
 mod pca;
+mod precision;
 mod quality;
 mod reference;
 mod report;

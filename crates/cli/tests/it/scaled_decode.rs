@@ -46,7 +46,7 @@ fn scaled_decode_keeps_the_features_of_the_full_decode() {
             shared.join("datasets/grocery-photos/fruit/Validation"),
         ),
     ] {
-        let picked = phone::pick_images(&split, PER_SOURCE);
+        let picked = phone::pick_images(&split, PER_SOURCE).unwrap();
         assert_eq!(picked.len(), PER_SOURCE, "{}", split.display());
         for (i, path) in picked.into_iter().enumerate() {
             jobs.push((source, path, SIZES[i % SIZES.len()], jobs.len() as u64));
@@ -66,14 +66,14 @@ fn scaled_decode_keeps_the_features_of_the_full_decode() {
             .collect()
     });
 
-    let model_path = verger_model::resolve_model_path(None).unwrap();
+    let model_file = verger_model::ModelFile::locate(None, verger_model::Precision::Fp32).unwrap();
     let config = EngineConfig {
         choice: EngineChoice::Ort,
         threads: 2,
         ort_library: None,
         batch_size: 8,
     };
-    let model = SharedModel::load(&model_path, &config).unwrap();
+    let model = SharedModel::load(model_file, &config).unwrap();
     let features = |pick: fn(&Case) -> &[f32]| -> Vec<f32> {
         let mut out = Vec::with_capacity(cases.len() * FEATURE_DIM);
         for batch in cases.chunks(8) {
@@ -124,7 +124,7 @@ fn scaled_decode_keeps_the_features_of_the_full_decode() {
 fn make_case(
     (source, path, size, seed): &(&'static str, std::path::PathBuf, (u32, u32), u64),
 ) -> Case {
-    let bytes = phone::phone_jpeg(path, *size, *seed);
+    let bytes = phone::phone_jpeg(path, *size, *seed).unwrap();
     let scaling = PreprocessConfig::default();
     let no_scaling = PreprocessConfig {
         scaled_jpeg_decode: false,

@@ -1,4 +1,5 @@
-//! `write_report` on outputs made here with the documented schemas: many
+//! `write_report` on outputs made here with the output's own schemas and
+//! typed documents: many
 //! labels (150, more than the palette), markup in labels, paths and reasons,
 //! a single PCA component, and the refusals. The real sample's report is
 //! tested on a real run in crates/cli/tests/it/report.rs.
@@ -9,7 +10,12 @@ use std::sync::Arc;
 use arrow::array::Float32Builder;
 use arrow::array::{ArrayRef, Float64Builder, ListBuilder, RecordBatch, StringArray};
 use parquet::arrow::ArrowWriter;
-use verger_report::{ReportConfig, ReportError, write_report};
+use verger_output::{
+    Counts, FailureCount, FailureKind, FeatureModel, JobIdentity, Parameters, RunRecord,
+    StageTimes, Timings, Versions,
+};
+
+use crate::{ReportConfig, ReportError, write_report};
 
 const LABELS: usize = 150;
 /// A label that is also markup: it must come out escaped.
@@ -72,6 +78,7 @@ fn make_output(dir: &Path, k: usize) -> usize {
         ])),
         Arc::new(StringArray::from(vec![MARKUP, "Fruit 001", "Fruit 002"])),
         Arc::new(StringArray::from(vec!["decode", "decode", "read"])),
+        Arc::new(StringArray::from(vec!["corrupt", "corrupt", "read_failed"])),
         Arc::new(StringArray::from(vec![
             "corrupt or truncated image: <script>alert(1)</script>",
             "corrupt or truncated image: unexpected end",
@@ -82,18 +89,8 @@ fn make_output(dir: &Path, k: usize) -> usize {
     write_parquet(&dir.join("errors/part-000-0000.parquet"), batch);
 
     let explained: Vec<f64> = [0.21, 0.12, 0.05][..k].to_vec();
-    let run = serde_json::json!({
-        "counts": {"listed": rows + 3, "features": rows, "errors": 3},
-        "parameters": {"input": "/photos", "output": dir.display().to_string(),
-                       "glob": "*.{jpg,png}", "k": k, "max_errors": null},
-        "model": {"path": "/models/m.onnx", "sha256": "ab12", "engine": "onnxruntime"},
-        "timings": {"model_load_s": 0.25, "featurize_s": 3.5, "total_s": 4.0,
-                    "stages": {"read_s": 0.5, "batches": 7}},
-        "explained_variance": explained,
-        "versions": {"verger": "0.1.0"},
-        "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:04Z"
-    });
-    std::fs::write(dir.join("run.json"), run.to_string()).unwrap();
+    let run = run_record(dir, rows, k, explained.clone());
+    std::fs::write(dir.join("run.json"), serde_json::to_vec(&run).unwrap()).unwrap();
     let model = serde_json::json!({
         "k": k, "n": rows, "dim": 4, "center": false, "mean": vec![0.0; 4],
         "components": vec![[0.5; 4]; k], "eigenvalues": vec![1.0; k],
@@ -102,6 +99,62 @@ fn make_output(dir: &Path, k: usize) -> usize {
     std::fs::write(dir.join("pca_model.json"), model.to_string()).unwrap();
     std::fs::write(dir.join("_SUCCESS"), "").unwrap();
     rows
+}
+
+/// `run.json` of that output, through the type the report reads it with.
+fn run_record(dir: &Path, rows: usize, k: usize, explained: Vec<f64>) -> RunRecord {
+    RunRecord {
+        format: RunRecord::FORMAT.into(),
+        version: RunRecord::VERSION,
+        counts: Counts {
+            listed: rows as u64 + 3,
+            features: rows as u64,
+            errors: 3,
+            ..Counts::default()
+        },
+        job: JobIdentity {
+            input: "/photos".into(),
+            glob: "*.{jpg,png}".into(),
+            model_sha256: "ab12".into(),
+            max_pixels: 64_000_000,
+        },
+        parameters: Parameters {
+            output: dir.display().to_string(),
+            k,
+            center: false,
+            batch_size: 32,
+            partitions: 2,
+            threads: Some(2),
+            max_errors: None,
+            checkpoint_every: 256,
+        },
+        model: FeatureModel {
+            path: "/models/m.onnx".into(),
+            sha256: "ab12".into(),
+            engine: "onnxruntime".into(),
+            precision: "fp32".into(),
+        },
+        timings: Timings {
+            model_load_s: 0.25,
+            featurize_s: 3.5,
+            total_s: 4.0,
+            stages: StageTimes {
+                read_s: 0.5,
+                batches: 7,
+                ..StageTimes::default()
+            },
+            ..Timings::default()
+        },
+        explained_variance: explained,
+        failures: FailureCount::tally([(FailureKind::Corrupt, 2), (FailureKind::ReadFailed, 1)]),
+        versions: Versions {
+            verger: "0.1.0".into(),
+            datafusion: "55".into(),
+        },
+        cluster: None,
+        started_at: "2026-01-01T00:00:00Z".into(),
+        finished_at: "2026-01-01T00:00:04Z".into(),
+    }
 }
 
 fn config(input: &Path, out: &Path) -> ReportConfig {
@@ -143,7 +196,7 @@ async fn many_labels_markup_and_errors() {
     for i in 0..LABELS {
         let row = format!(
             "{}</td><td class=\"num\">{}</td>",
-            verger_report::escape(&label(i)),
+            crate::escape(&label(i)),
             count(i)
         );
         assert!(html.contains(&row), "no row {row:?}");
@@ -153,12 +206,13 @@ async fn many_labels_markup_and_errors() {
     assert!(!html.contains("<script"), "unescaped reason in the page");
     // 20 named, 130 grouped.
     assert!(html.contains("the other 130 labels"), "legend grouping");
-    // Errors grouped by stage and reason kind, most frequent first.
+    // Errors grouped by stage and failure kind (the `kind` column), most
+    // frequent first.
     let decode = html
-        .find("<td>decode</td><td>corrupt or truncated image</td><td class=\"num\">2</td>")
+        .find("<td>decode</td><td>corrupt</td><td class=\"num\">2</td>")
         .expect("decode group");
     let read = html
-        .find("<td>read</td><td>cannot read</td><td class=\"num\">1</td>")
+        .find("<td>read</td><td>read_failed</td><td class=\"num\">1</td>")
         .expect("read group");
     assert!(decode < read);
     // Run details from run.json.
