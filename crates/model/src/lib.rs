@@ -7,9 +7,14 @@
 //! (through `ort`, loaded dynamically; the default, it is the faster) and
 //! pure-Rust `tract` (the fallback when no ONNX Runtime library is present).
 //!
+//! [`ImagenetHead`] is the network's own last layer (the `Gemm` from the
+//! features to the 1000 ImageNet logits), read from the same file so that
+//! "is this fruit at all?" can be asked of any feature vector.
+//!
 //! It knows nothing of image files, storage, PCA or DataFusion: it takes
 //! tensors and gives vectors.
 
+mod imagenet_head;
 mod ort_engine;
 mod tract_engine;
 
@@ -17,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use imagenet_head::{
+    IMAGENET_CLASSES, IMAGENET_FRUIT_CLASSES, ImagenetHead, fruit_mass_of_logits,
+};
 pub use ort_engine::{OrtEngine, find_onnxruntime_library};
 pub use tract_engine::TractEngine;
 
