@@ -15,6 +15,7 @@ mod output;
 mod pca;
 mod quality;
 mod reference;
+mod rejection;
 mod report;
 mod resume;
 mod s3;
