@@ -154,6 +154,7 @@ pub fn keep_threshold(values: &[f32], keep: f64) -> f32 {
     assert!((0.0..=1.0).contains(&keep), "keep is a fraction");
     let mut sorted = values.to_vec();
     sorted.sort_by(f32::total_cmp);
-    let index = ((1.0 - keep) * sorted.len() as f64).floor() as usize;
+    // The epsilon keeps 1 − 0.9 = 0.0999… from rounding 10 of 100 down to 9.
+    let index = ((1.0 - keep) * sorted.len() as f64 + 1e-9).floor() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
