@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Classifier, ClassifierError, FeatureTable, Knn};
+use crate::open_set::{OpenSet, open_set};
+use crate::{Classifier, ClassifierError, FeatureTable, Knn, in_split};
 
 /// `format` of `evaluation.json`.
 pub const EVALUATION_FORMAT: &str = "verger-evaluation";
-pub const EVALUATION_VERSION: u32 = 1;
+pub const EVALUATION_VERSION: u32 = 2;
 
 /// The kNN baseline's score on the same images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,8 +49,12 @@ pub struct Evaluation {
     pub per_class: Vec<ClassMetrics>,
     /// Rows: true label index; columns: predicted label index.
     pub confusion: Vec<Vec<u64>>,
-    /// Images of the split left out because the classifier has no such label.
+    /// Images of the split left out of the closed-set figures because the
+    /// classifier has no such label (or they are under the `not_fruit` folder).
     pub skipped_unknown_labels: BTreeMap<String, u64>,
+    /// With rejection on: answered, accuracy among answered, rejection of
+    /// unknown photos, the risk–coverage curve.
+    pub open_set: OpenSet,
     /// The `verger run` output the images came from.
     pub features: String,
     pub feature_model_sha256: String,
@@ -57,13 +62,24 @@ pub struct Evaluation {
 }
 
 /// Scores `classifier` on `test` (refused if made by another feature
-/// model); the kNN baseline uses `reference` (the training images), when given.
+/// model); the kNN baseline uses `reference` (the training images), when
+/// given. `fruit_mass` holds each test row's ImageNet fruit mass; rows
+/// under a folder named `not_fruit` count as photos that should get no label.
 pub fn evaluate(
     classifier: &Classifier,
     test: &FeatureTable,
     split: &str,
     reference: Option<(&FeatureTable, usize)>,
+    fruit_mass: &[f32],
+    not_fruit: Option<&str>,
 ) -> Result<Evaluation, ClassifierError> {
+    if fruit_mass.len() != test.len() {
+        return Err(ClassifierError::Shape(format!(
+            "{} fruit-mass values for {} rows",
+            fruit_mass.len(),
+            test.len()
+        )));
+    }
     classifier.check_feature_model(&test.model_sha256)?;
     if test.dim != classifier.feature_dim() && !test.is_empty() {
         return Err(ClassifierError::Shape(format!(
@@ -80,15 +96,21 @@ pub fn evaluate(
         .map(|(i, l)| (l.as_str(), i))
         .collect();
     let mut skipped = BTreeMap::new();
-    let mut truth = Vec::new();
-    let mut rows = Vec::new();
+    let (mut truth, mut rows, mut masses) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut unknown_rows, mut unknown_masses) = (Vec::new(), Vec::new());
     for (i, label) in test.labels.iter().enumerate() {
-        match index.get(label.as_str()) {
+        let outside = not_fruit.is_some_and(|folder| in_split(&test.paths[i], folder));
+        match index.get(label.as_str()).filter(|_| !outside) {
             Some(&t) => {
                 truth.push(t);
                 rows.extend_from_slice(test.row(i));
+                masses.push(fruit_mass[i]);
             }
-            None => *skipped.entry(label.clone()).or_insert(0) += 1,
+            None => {
+                *skipped.entry(label.clone()).or_insert(0) += 1;
+                unknown_rows.extend_from_slice(test.row(i));
+                unknown_masses.push(fruit_mass[i]);
+            }
         }
     }
     if truth.is_empty() {
@@ -165,6 +187,11 @@ pub fn evaluate(
             reference_images: reference_labels.len(),
         })
     });
+    let open_set = open_set(
+        classifier,
+        (rows.as_slice(), masses.as_slice(), truth.as_slice()),
+        (unknown_rows.as_slice(), unknown_masses.as_slice()),
+    )?;
     Ok(Evaluation {
         format: EVALUATION_FORMAT.into(),
         version: EVALUATION_VERSION,
@@ -177,6 +204,7 @@ pub fn evaluate(
         per_class,
         confusion,
         skipped_unknown_labels: skipped,
+        open_set,
         features: test.location.clone(),
         feature_model_sha256: test.model_sha256.clone(),
         evaluated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -228,7 +256,20 @@ impl Evaluation {
                 knn.top1, knn.k, knn.reference_images
             );
         }
-        for (label, count) in &self.skipped_unknown_labels {
+        let open = &self.open_set;
+        let _ = writeln!(
+            out,
+            "  with rejection: {:.4} answered, {:.4} right among answered (rejected: {:?})",
+            open.answered, open.accuracy_among_answered, open.known_rejected_by
+        );
+        if let Some(rate) = &open.not_known {
+            let _ = writeln!(
+                out,
+                "  photos of no known label: {} images, {:.4} rejected ({:?})",
+                rate.images, rate.rejected, rate.by_reason
+            );
+        }
+        for (label, count) in self.skipped_unknown_labels.iter().take(12) {
             let _ = writeln!(
                 out,
                 "  left out: {count} image(s) of {label:?}, a label the classifier does not know"

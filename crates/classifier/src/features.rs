@@ -38,8 +38,13 @@ impl FeatureTable {
 
     /// The rows whose path has a folder named `split` (`…/<split>/<label>/x.jpg`).
     pub fn split(&self, split: &str) -> FeatureTable {
+        self.keep(|path| in_split(path, split))
+    }
+
+    /// The rows whose path `keep` accepts.
+    pub fn keep(&self, keep: impl Fn(&str) -> bool) -> FeatureTable {
         let keep: Vec<usize> = (0..self.len())
-            .filter(|&i| in_split(&self.paths[i], split))
+            .filter(|&i| keep(self.paths[i].as_str()))
             .collect();
         FeatureTable {
             location: self.location.clone(),

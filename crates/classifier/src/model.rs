@@ -4,12 +4,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rejection::{RejectRule, Rejection};
 use crate::{ClassifierError, sha_prefix};
 
 /// `format` of `classifier.json`.
 pub const FORMAT: &str = "verger-classifier";
 /// The `version` of `classifier.json` this build reads and writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The file a classifier directory holds.
 pub const MODEL_FILE: &str = "classifier.json";
 
@@ -61,6 +62,7 @@ struct ClassifierFile {
     weights: Vec<Vec<f32>>,
     bias: Vec<f32>,
     training: TrainingInfo,
+    rejection: Rejection,
 }
 
 /// A trained multinomial logistic regression over feature vectors.
@@ -74,6 +76,16 @@ pub struct Classifier {
     weights: Vec<f32>,
     bias: Vec<f32>,
     training: TrainingInfo,
+    rejection: Rejection,
+}
+
+/// One photo's answer: its ranked fruit labels (always), and why it gets
+/// no label, when it does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identification {
+    /// (label index, probability over the fruit labels), best first.
+    pub ranking: Vec<(usize, f32)>,
+    pub rejected: Option<RejectRule>,
 }
 
 impl Classifier {
@@ -86,6 +98,7 @@ impl Classifier {
         weights: Vec<Vec<f32>>,
         bias: Vec<f32>,
         training: TrainingInfo,
+        rejection: Rejection,
     ) -> Result<Self, String> {
         let feature_dim = standardize.mean.len();
         let file = ClassifierFile {
@@ -98,6 +111,7 @@ impl Classifier {
             weights,
             bias,
             training,
+            rejection,
         };
         Self::from_file(file)
     }
@@ -207,6 +221,7 @@ impl Classifier {
         if !finite {
             return Err("non-finite numbers in mean, weights or bias".into());
         }
+        check_rejection(&file.rejection, dim)?;
         Ok(Classifier {
             labels: file.labels,
             feature_model_sha256: file.feature_model_sha256.to_ascii_lowercase(),
@@ -215,6 +230,7 @@ impl Classifier {
             weights: file.weights.concat(),
             bias: file.bias,
             training: file.training,
+            rejection: file.rejection,
         })
     }
 
@@ -245,6 +261,7 @@ impl Classifier {
                 .collect(),
             bias: self.bias.clone(),
             training: self.training.clone(),
+            rejection: self.rejection.clone(),
         };
         serde_json::to_vec(&file).expect("a classifier always serialises")
     }
@@ -263,6 +280,10 @@ impl Classifier {
 
     pub fn training(&self) -> &TrainingInfo {
         &self.training
+    }
+
+    pub fn rejection(&self) -> &Rejection {
+        &self.rejection
     }
 
     pub(crate) fn set_training_outcome(
@@ -312,6 +333,52 @@ impl Classifier {
         Ok(out)
     }
 
+    /// Each row's ranking (top `k`) and the first rejection rule that
+    /// fires, given the row's ImageNet fruit mass (`fruit_mass[i]`, from
+    /// `verger_model::ImagenetHead`).
+    pub fn identify(
+        &self,
+        features: &[f32],
+        fruit_mass: &[f32],
+        k: usize,
+    ) -> Result<Vec<Identification>, ClassifierError> {
+        let rows = self.rows(features)?;
+        if fruit_mass.len() != rows {
+            return Err(ClassifierError::Shape(format!(
+                "{} fruit-mass values for {rows} rows",
+                fruit_mass.len()
+            )));
+        }
+        let probabilities = self.probabilities(features)?;
+        let mut z = vec![0.0f32; self.feature_dim];
+        let classes = self.labels.len();
+        Ok(features
+            .chunks_exact(self.feature_dim)
+            .zip(probabilities.chunks_exact(classes))
+            .zip(fruit_mass)
+            .map(|((row, probs), &mass)| {
+                self.standardize_into(row, &mut z);
+                let ranking = top_k_of(probs, k.max(1));
+                let rejected =
+                    self.rejection
+                        .first_rule(mass, self.negative_wins(&z), ranking[0].1);
+                Identification { ranking, rejected }
+            })
+            .collect())
+    }
+
+    /// Whether the negatives score beats every fruit score (`z` standardised).
+    fn negative_wins(&self, z: &[f32]) -> bool {
+        let Some(negatives) = &self.rejection.negatives else {
+            return false;
+        };
+        let negative = dot(&negatives.weights, z) + negatives.bias;
+        self.weights
+            .chunks_exact(self.feature_dim)
+            .zip(&self.bias)
+            .all(|(w, b)| dot(w, z) + b < negative)
+    }
+
     /// Top `k` (label index, probability), best first, for each row.
     pub fn top_k(
         &self,
@@ -353,6 +420,42 @@ impl Classifier {
             *z = (x - m) / s;
         }
     }
+}
+
+/// Thresholds in range, the negatives row as wide as the features.
+fn check_rejection(rejection: &Rejection, dim: usize) -> Result<(), String> {
+    let point = &rejection.operating_point;
+    if !(point.answer_fraction > 0.0 && point.answer_fraction <= 1.0) {
+        return Err(format!(
+            "rejection.operating_point.answer_fraction is {}, expected (0, 1]",
+            point.answer_fraction
+        ));
+    }
+    let thresholds = [
+        (
+            "rejection.fruit_mass.threshold",
+            rejection.fruit_mass.threshold,
+        ),
+        (
+            "rejection.max_softmax.threshold",
+            rejection.max_softmax.threshold,
+        ),
+    ];
+    if let Some((what, t)) = thresholds.iter().find(|(_, t)| !(0.0..=1.0).contains(t)) {
+        return Err(format!("{what} is {t}, expected a probability in [0, 1]"));
+    }
+    if let Some(negatives) = &rejection.negatives {
+        if negatives.weights.len() != dim {
+            return Err(format!(
+                "rejection.negatives.weights has {} values, expected feature_dim = {dim}",
+                negatives.weights.len()
+            ));
+        }
+        if !negatives.bias.is_finite() || negatives.weights.iter().any(|w| !w.is_finite()) {
+            return Err("non-finite numbers in rejection.negatives".into());
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {

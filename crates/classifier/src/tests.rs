@@ -55,9 +55,20 @@ fn blobs(
     table
 }
 
+/// Every synthetic row passes the fruit-mass gate alike.
+const FRUIT_MASS: f32 = 0.5;
+
+fn fit(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, ClassifierError> {
+    train(table, &vec![FRUIT_MASS; table.len()], config)
+}
+
+fn test_masses(table: &FeatureTable) -> Vec<f32> {
+    vec![FRUIT_MASS; table.len()]
+}
+
 fn small_classifier() -> Classifier {
     let table = blobs(&["apple", "banana", "cherry"], 20, 8, 0.5, 1, "Training");
-    train(&table, &TrainConfig::default()).expect("trains")
+    fit(&table, &TrainConfig::default()).expect("trains")
 }
 
 #[test]
@@ -65,7 +76,7 @@ fn separable_blobs_are_learned_and_held_out_rows_classified() {
     let labels = ["apple", "banana", "cherry", "kiwi", "lemon"];
     let training = blobs(&labels, 30, 16, 1.0, 1, "Training");
     let test = blobs(&labels, 10, 16, 1.0, 2, "Test");
-    let classifier = train(&training, &TrainConfig::default()).unwrap();
+    let classifier = fit(&training, &TrainConfig::default()).unwrap();
     assert_eq!(classifier.labels(), labels);
     assert_eq!(classifier.feature_dim(), 16);
     assert_eq!(classifier.training().images, 150);
@@ -74,7 +85,15 @@ fn separable_blobs_are_learned_and_held_out_rows_classified() {
         "{:?}",
         classifier.training()
     );
-    let evaluation = evaluate(&classifier, &test, "Test", Some((&training, 5))).unwrap();
+    let evaluation = evaluate(
+        &classifier,
+        &test,
+        "Test",
+        Some((&training, 5)),
+        &test_masses(&test),
+        None,
+    )
+    .unwrap();
     assert_eq!(evaluation.images, 50);
     assert!(evaluation.top1 >= 0.96, "{}", evaluation.summary());
     assert!(evaluation.top5 >= evaluation.top1);
@@ -137,7 +156,7 @@ fn save_and_load_round_trip() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join(MODEL_FILE)).unwrap()).unwrap();
     assert_eq!(json["format"], "verger-classifier");
-    assert_eq!(json["version"], 1);
+    assert_eq!(json["version"], 2);
     assert_eq!(json["feature_dim"], 8);
     assert_eq!(json["weights"].as_array().unwrap().len(), 3);
     assert_eq!(json["weights"][0].as_array().unwrap().len(), 8);
@@ -169,8 +188,8 @@ fn load_edited(edit: impl FnOnce(&mut serde_json::Value)) -> String {
 
 #[test]
 fn another_version_or_format_is_refused() {
-    let err = load_edited(|j| j["version"] = 2.into());
-    assert!(err.contains("version 2 is not supported"), "{err}");
+    let err = load_edited(|j| j["version"] = 1.into());
+    assert!(err.contains("version 1 is not supported"), "{err}");
     let err = load_edited(|j| j["format"] = "onnx".into());
     assert!(err.contains("format is \"onnx\""), "{err}");
     let err = load_edited(|j| {
@@ -226,7 +245,7 @@ fn another_feature_model_is_refused_naming_both() {
     );
     let mut test = blobs(&["apple", "banana", "cherry"], 2, 8, 0.5, 3, "Test");
     test.model_sha256 = SHA_B.into();
-    let err = evaluate(&classifier, &test, "Test", None)
+    let err = evaluate(&classifier, &test, "Test", None, &test_masses(&test), None)
         .unwrap_err()
         .to_string();
     assert!(err.contains(&SHA_B[..12]), "{err}");
@@ -235,17 +254,13 @@ fn another_feature_model_is_refused_naming_both() {
 #[test]
 fn training_needs_two_labels_and_some_images() {
     let one = blobs(&["apple"], 10, 4, 0.5, 1, "Training");
-    let err = train(&one, &TrainConfig::default())
-        .unwrap_err()
-        .to_string();
+    let err = fit(&one, &TrainConfig::default()).unwrap_err().to_string();
     assert!(
-        err.contains("1 label(s) (apple); a classifier needs at least 2"),
+        err.contains("1 fruit label(s) (apple); a classifier needs at least 2"),
         "{err}"
     );
     let none = blobs(&["apple", "banana"], 10, 4, 0.5, 1, "Training").split("Nope");
-    let err = train(&none, &TrainConfig::default())
-        .unwrap_err()
-        .to_string();
+    let err = fit(&none, &TrainConfig::default()).unwrap_err().to_string();
     assert!(
         err.contains("no images under a folder named \"Training\""),
         "{err}"
@@ -273,4 +288,168 @@ fn training_is_repeatable() {
         j
     };
     assert_eq!(strip(&a), strip(&b));
+}
+
+#[test]
+fn rejection_fields_are_required_and_checked() {
+    let err = load_edited(|j| {
+        j.as_object_mut().unwrap().remove("rejection");
+    });
+    assert!(err.contains("missing field `rejection`"), "{err}");
+    let err = load_edited(|j| {
+        j["rejection"].as_object_mut().unwrap().remove("negatives");
+    });
+    assert!(err.contains("missing field `negatives`"), "{err}");
+    let err = load_edited(|j| {
+        j["rejection"]["max_softmax"]
+            .as_object_mut()
+            .unwrap()
+            .remove("threshold");
+    });
+    assert!(err.contains("missing field `threshold`"), "{err}");
+    let err = load_edited(|j| j["rejection"]["fruit_mass"]["threshold"] = 1.5.into());
+    assert!(
+        err.contains("rejection.fruit_mass.threshold is 1.5"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_operating_point_is_calibrated_out_of_fold_and_recorded() {
+    let labels = ["apple", "banana", "cherry"];
+    // Overlapping blobs: out-of-fold confidences vary, so the threshold matters.
+    let table = blobs(&labels, 40, 8, 6.0, 5, "Training");
+    let config = TrainConfig {
+        answer_fraction: 0.8,
+        ..TrainConfig::default()
+    };
+    let classifier = fit(&table, &config).unwrap();
+    let point = &classifier.rejection().operating_point;
+    assert_eq!(point.answer_fraction, 0.8);
+    assert_eq!(point.folds, 5);
+    assert!(
+        point.oof_answered >= 0.8 && point.oof_answered < 0.9,
+        "{point:?}"
+    );
+    assert!(
+        point.oof_accuracy_among_answered >= point.oof_top1,
+        "{point:?}"
+    );
+    let threshold = classifier.rejection().max_softmax.threshold;
+    assert!(threshold > 1.0 / 3.0 && threshold < 1.0, "{threshold}");
+    // A stricter operating point has a higher threshold.
+    let strict = TrainConfig {
+        answer_fraction: 0.5,
+        ..TrainConfig::default()
+    };
+    let strict = fit(&table, &strict).unwrap();
+    assert!(strict.rejection().max_softmax.threshold > threshold);
+    let json: serde_json::Value = serde_json::from_slice(&classifier.to_json()).unwrap();
+    assert_eq!(json["rejection"]["operating_point"]["answer_fraction"], 0.8);
+    assert!(json["rejection"]["negatives"].is_null());
+}
+
+#[test]
+fn negatives_are_a_class_but_never_a_label() {
+    let mut table = blobs(&["apple", "banana", "carrot"], 20, 8, 0.5, 1, "Training");
+    for path in &mut table.paths {
+        if path.contains("/carrot/") {
+            *path = path.replace("/data/", "/data/other/");
+        }
+    }
+    let config = TrainConfig {
+        negatives: Some("other".into()),
+        ..TrainConfig::default()
+    };
+    let classifier = fit(&table, &config).unwrap();
+    assert_eq!(classifier.labels(), ["apple", "banana"]);
+    let negatives = classifier.rejection().negatives.as_ref().unwrap();
+    assert_eq!(
+        (negatives.class.as_str(), negatives.training_photos),
+        (NEGATIVE_CLASS, 20)
+    );
+    let test = blobs(&["apple", "banana", "carrot"], 3, 8, 0.5, 9, "Test");
+    let answers = classifier
+        .identify(&test.features, &test_masses(&test), 5)
+        .unwrap();
+    for (answer, label) in answers.iter().zip(&test.labels) {
+        assert!(answer.ranking.len() <= 2, "only fruit labels are ranked");
+        if label == "carrot" {
+            assert_eq!(answer.rejected, Some(RejectRule::Negatives), "{answer:?}");
+        } else {
+            assert_ne!(
+                answer.rejected,
+                Some(RejectRule::Negatives),
+                "{label}: {answer:?}"
+            );
+        }
+    }
+    let missing = TrainConfig {
+        negatives: Some("veg".into()),
+        ..TrainConfig::default()
+    };
+    let err = fit(&table, &missing).unwrap_err().to_string();
+    assert!(err.contains("no image") && err.contains("\"veg\""), "{err}");
+}
+
+#[test]
+fn a_low_fruit_mass_rejects_first() {
+    let classifier = small_classifier();
+    let table = blobs(&["apple", "banana", "cherry"], 1, 8, 0.5, 3, "Test");
+    let low = vec![0.0; table.len()];
+    let answers = classifier.identify(&table.features, &low, 3).unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.rejected == Some(RejectRule::FruitMass))
+    );
+    assert!(
+        answers.iter().all(|a| a.ranking.len() == 3),
+        "top-k is still given"
+    );
+    let answers = classifier
+        .identify(&table.features, &test_masses(&table), 3)
+        .unwrap();
+    assert!(answers.iter().all(|a| a.rejected.is_none()), "{answers:?}");
+}
+
+#[test]
+fn rules_fire_in_order_and_name_their_reason() {
+    let mut rejection = small_classifier().rejection().clone();
+    rejection.fruit_mass.threshold = 0.1;
+    rejection.max_softmax.threshold = 0.5;
+    assert_eq!(
+        rejection.first_rule(0.05, true, 0.1),
+        Some(RejectRule::FruitMass)
+    );
+    assert_eq!(
+        rejection.first_rule(0.5, true, 0.1),
+        Some(RejectRule::Negatives)
+    );
+    assert_eq!(
+        rejection.first_rule(0.5, false, 0.1),
+        Some(RejectRule::MaxSoftmax)
+    );
+    assert_eq!(rejection.first_rule(0.5, false, 0.5), None);
+    assert_eq!(RejectRule::FruitMass.reason(), RejectReason::NotAFruit);
+    assert_eq!(RejectRule::Negatives.reason(), RejectReason::NotAFruit);
+    assert_eq!(RejectRule::MaxSoftmax.reason(), RejectReason::Uncertain);
+    let json = serde_json::to_string(&RejectReason::NotAFruit).unwrap();
+    assert_eq!(json, "\"not_a_fruit\"");
+}
+
+#[test]
+fn keep_threshold_keeps_at_least_the_fraction() {
+    let values: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect();
+    let t = keep_threshold(&values, 0.9);
+    assert_eq!(t, 0.10);
+    assert_eq!(values.iter().filter(|&&v| v >= t).count(), 90);
+    // Uneven sizes round towards keeping more.
+    let seven = [0.7, 0.1, 0.4, 0.2, 0.6, 0.3, 0.5];
+    let t = keep_threshold(&seven, 0.5);
+    assert!(seven.iter().filter(|&&v| v >= t).count() >= 4, "{t}");
+    assert_eq!(keep_threshold(&seven, 1.0), 0.1);
+    // Values already rejected (−∞) are never kept ahead of real ones.
+    let gated = [f32::NEG_INFINITY, 0.2, 0.9, 0.8];
+    assert_eq!(keep_threshold(&gated, 0.75), 0.2);
 }

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use ndarray::{Array1, Array2, Axis};
 
-use crate::{Classifier, ClassifierError, FeatureTable, Standardize, TrainingInfo};
+use crate::rejection::{NEGATIVE_CLASS, Rejection};
+use crate::{Classifier, ClassifierError, FeatureTable, Standardize, TrainingInfo, in_split};
 
 /// How to train.
 #[derive(Debug, Clone)]
@@ -29,6 +30,16 @@ pub struct TrainConfig {
     pub max_iterations: u64,
     /// Neighbours of the kNN baseline (recorded for `verger evaluate`).
     pub knn_k: usize,
+    /// Images with a folder of this name in their path are negatives: one
+    /// extra class, never a label, that rejects what looks like it.
+    pub negatives: Option<String>,
+    /// The operating point: fraction of known-fruit training photos the
+    /// calibrated classifier answers (scored out of fold).
+    pub answer_fraction: f64,
+    /// Fraction of training fruit photos the ImageNet fruit-mass gate passes.
+    pub fruit_mass_pass: f64,
+    /// Scene-grouped folds of the calibration.
+    pub folds: usize,
 }
 
 impl Default for TrainConfig {
@@ -38,6 +49,10 @@ impl Default for TrainConfig {
             regularisation: 1e-3,
             max_iterations: 300,
             knn_k: 5,
+            negatives: None,
+            answer_fraction: 0.90,
+            fruit_mass_pass: 0.98,
+            folds: 5,
         }
     }
 }
@@ -50,10 +65,79 @@ const GRADIENT_TOLERANCE: f64 = 1e-5;
 /// L-BFGS memory (pairs of steps and gradient changes kept).
 const MEMORY: usize = 10;
 
+/// Standardised training rows and their classes: the fruit labels
+/// (sorted) first, then the negatives class when there is one.
+pub(crate) struct TrainingRows {
+    pub z: Array2<f64>,
+    pub targets: Vec<usize>,
+    pub fruit_labels: Vec<String>,
+    /// Index of the negatives class (= fruit_labels.len()), if any rows have it.
+    pub negative: Option<usize>,
+}
+
+impl TrainingRows {
+    pub fn classes(&self) -> usize {
+        self.fruit_labels.len() + usize::from(self.negative.is_some())
+    }
+}
+
 /// Trains on every row of `table` (already restricted to the training
-/// split), labels sorted.
-pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, ClassifierError> {
+/// split and its negatives), then calibrates rejection; `fruit_mass` holds
+/// each row's ImageNet fruit mass.
+pub fn train(
+    table: &FeatureTable,
+    fruit_mass: &[f32],
+    config: &TrainConfig,
+) -> Result<Classifier, ClassifierError> {
     let started = Instant::now();
+    check_config(table, fruit_mass, config)?;
+    let classes_of = class_names(table, config);
+    let standardize = standardization(table);
+    let rows = training_rows(table, &classes_of, &standardize, config)?;
+    tracing::info!(
+        images = table.len(),
+        labels = rows.fruit_labels.len(),
+        negatives = rows
+            .targets
+            .iter()
+            .filter(|&&t| Some(t) == rows.negative)
+            .count(),
+        dim = table.dim,
+        "training multinomial logistic regression"
+    );
+    let all: Vec<usize> = (0..table.len()).collect();
+    let fit = fit(&rows, &all, config);
+    let rejection = crate::calibrate::calibrate(&rows, fruit_mass, config, &fit)?;
+    let mut classifier = assemble(table, &rows, standardize, &fit, rejection, config)?;
+    // What the saved (f32) classifier achieves on its own training fruit images.
+    let fruit: Vec<usize> = (0..table.len())
+        .filter(|&i| Some(rows.targets[i]) != rows.negative)
+        .collect();
+    let fruit_features: Vec<f32> = fruit.iter().flat_map(|&i| table.row(i)).copied().collect();
+    let probabilities = classifier.probabilities(&fruit_features)?;
+    let correct = probabilities
+        .chunks_exact(rows.fruit_labels.len())
+        .zip(&fruit)
+        .filter(|(row, i)| crate::model::top_k_of(row, 1)[0].0 == rows.targets[**i])
+        .count();
+    let train_accuracy = correct as f64 / fruit.len() as f64;
+    let seconds = started.elapsed().as_secs_f64();
+    classifier.set_training_outcome(fit.loss, train_accuracy, seconds);
+    tracing::info!(
+        loss = fit.loss,
+        train_accuracy,
+        seconds,
+        iterations = fit.iterations,
+        "trained"
+    );
+    Ok(classifier)
+}
+
+fn check_config(
+    table: &FeatureTable,
+    fruit_mass: &[f32],
+    config: &TrainConfig,
+) -> Result<(), ClassifierError> {
     if table.is_empty() {
         return Err(ClassifierError::Training(format!(
             "{} has no images under a folder named {:?} (paths must look like …/{}/<label>/x.jpg; \
@@ -61,14 +145,11 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
             table.location, config.split, config.split
         )));
     }
-    let labels = table.distinct_labels();
-    if labels.len() < 2 {
-        return Err(ClassifierError::Training(format!(
-            "the {:?} images of {} have {} label(s) ({}); a classifier needs at least 2",
-            config.split,
-            table.location,
-            labels.len(),
-            labels.join(", ")
+    if fruit_mass.len() != table.len() {
+        return Err(ClassifierError::Shape(format!(
+            "{} fruit-mass values for {} rows",
+            fruit_mass.len(),
+            table.len()
         )));
     }
     if !(config.regularisation >= 0.0 && config.regularisation.is_finite()) {
@@ -77,8 +158,79 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
             config.regularisation
         )));
     }
-    let (n, dim, classes) = (table.len(), table.dim, labels.len());
-    let standardize = standardization(table);
+    let fractions = [
+        ("answer fraction", config.answer_fraction),
+        ("fruit-mass pass fraction", config.fruit_mass_pass),
+    ];
+    if let Some((what, v)) = fractions.iter().find(|(_, v)| !(*v > 0.0 && *v <= 1.0)) {
+        return Err(ClassifierError::Training(format!(
+            "the {what} must be in (0, 1], not {v}"
+        )));
+    }
+    if config.folds < 2 {
+        return Err(ClassifierError::Training(format!(
+            "calibration needs at least 2 folds, not {}",
+            config.folds
+        )));
+    }
+    Ok(())
+}
+
+/// Each row's class name: its label, or [`NEGATIVE_CLASS`] when its path
+/// has the negatives folder.
+fn class_names(table: &FeatureTable, config: &TrainConfig) -> Vec<String> {
+    table
+        .paths
+        .iter()
+        .zip(&table.labels)
+        .map(|(path, label)| match &config.negatives {
+            Some(folder) if in_split(path, folder) => NEGATIVE_CLASS.to_string(),
+            _ => label.clone(),
+        })
+        .collect()
+}
+
+fn training_rows(
+    table: &FeatureTable,
+    classes_of: &[String],
+    standardize: &Standardize,
+    config: &TrainConfig,
+) -> Result<TrainingRows, ClassifierError> {
+    let mut fruit_labels: Vec<String> = classes_of
+        .iter()
+        .filter(|c| *c != NEGATIVE_CLASS)
+        .cloned()
+        .collect();
+    fruit_labels.sort();
+    fruit_labels.dedup();
+    if fruit_labels.len() < 2 {
+        return Err(ClassifierError::Training(format!(
+            "the {:?} images of {} have {} fruit label(s) ({}); a classifier needs at least 2",
+            config.split,
+            table.location,
+            fruit_labels.len(),
+            fruit_labels.join(", ")
+        )));
+    }
+    let has_negatives = classes_of.iter().any(|c| c == NEGATIVE_CLASS);
+    if let (Some(folder), false) = (&config.negatives, has_negatives) {
+        return Err(ClassifierError::Training(format!(
+            "--negatives {folder}: no image of {} has a folder named {folder:?} in its path",
+            table.location
+        )));
+    }
+    let negative = has_negatives.then_some(fruit_labels.len());
+    let targets = classes_of
+        .iter()
+        .map(|c| {
+            fruit_labels
+                .binary_search(c)
+                .ok()
+                .or(negative)
+                .expect("a class")
+        })
+        .collect();
+    let (n, dim) = (table.len(), table.dim);
     let mut z = Array2::<f64>::zeros((n, dim));
     for (i, mut out) in z.rows_mut().into_iter().enumerate() {
         for (j, x) in table.row(i).iter().enumerate() {
@@ -86,31 +238,42 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
                 (f64::from(*x) - f64::from(standardize.mean[j])) / f64::from(standardize.std[j]);
         }
     }
-    let targets: Vec<usize> = table
-        .labels
-        .iter()
-        .map(|l| labels.binary_search(l).expect("label listed"))
-        .collect();
-    tracing::info!(
-        images = n,
-        labels = classes,
-        dim,
-        "training multinomial logistic regression"
-    );
-    let objective = Objective {
+    Ok(TrainingRows {
         z,
         targets,
-        classes,
+        fruit_labels,
+        negative,
+    })
+}
+
+/// Fits the regression on the rows `subset` of `rows`.
+pub(crate) fn fit(rows: &TrainingRows, subset: &[usize], config: &TrainConfig) -> Fit {
+    let objective = Objective {
+        z: rows.z.select(Axis(0), subset),
+        targets: subset.iter().map(|&i| rows.targets[i]).collect(),
+        classes: rows.classes(),
         lambda: config.regularisation,
     };
-    let fit = lbfgs(&objective, config.max_iterations as usize);
+    let mut fit = lbfgs(&objective, config.max_iterations as usize);
     let (weights, bias) = objective.unpack(&fit.theta);
-    let weights: Vec<Vec<f32>> = weights
-        .rows()
-        .into_iter()
-        .map(|row| row.iter().map(|&w| w as f32).collect())
-        .collect();
-    let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+    fit.weights = weights;
+    fit.bias = bias;
+    fit
+}
+
+fn assemble(
+    table: &FeatureTable,
+    rows: &TrainingRows,
+    standardize: Standardize,
+    fit: &Fit,
+    rejection: Rejection,
+    config: &TrainConfig,
+) -> Result<Classifier, ClassifierError> {
+    let k = rows.fruit_labels.len();
+    let to_f32 =
+        |row: ndarray::ArrayView1<f64>| row.iter().map(|&w| w as f32).collect::<Vec<f32>>();
+    let weights: Vec<Vec<f32>> = fit.weights.rows().into_iter().take(k).map(to_f32).collect();
+    let bias: Vec<f32> = fit.bias.iter().take(k).map(|&b| b as f32).collect();
     let optimiser = format!(
         "L-BFGS (memory {MEMORY}, backtracking line search): {} after {} iterations, \
          largest gradient component {:.2e}",
@@ -130,7 +293,7 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
         );
     }
     let info = TrainingInfo {
-        images: n,
+        images: table.len(),
         split: config.split.clone(),
         features: table.location.clone(),
         regularisation: config.regularisation,
@@ -143,33 +306,16 @@ pub fn train(table: &FeatureTable, config: &TrainConfig) -> Result<Classifier, C
         trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         verger: env!("CARGO_PKG_VERSION").into(),
     };
-    let mut classifier = Classifier::new(
-        labels,
+    Classifier::new(
+        rows.fruit_labels.clone(),
         table.model_sha256.clone(),
         standardize,
         weights,
         bias,
         info,
+        rejection,
     )
-    .map_err(ClassifierError::Training)?;
-    // What the saved (f32) classifier achieves on its own training images.
-    let probabilities = classifier.probabilities(&table.features)?;
-    let correct = probabilities
-        .chunks_exact(classes)
-        .zip(&targets_of(table, &classifier))
-        .filter(|(row, t)| crate::model::top_k_of(row, 1)[0].0 == **t)
-        .count();
-    let train_accuracy = correct as f64 / n as f64;
-    let seconds = started.elapsed().as_secs_f64();
-    classifier.set_training_outcome(fit.loss, train_accuracy, seconds);
-    tracing::info!(
-        loss = fit.loss,
-        train_accuracy,
-        seconds,
-        iterations = fit.iterations,
-        "trained"
-    );
-    Ok(classifier)
+    .map_err(ClassifierError::Training)
 }
 
 /// Mean softmax cross-entropy + λ/2 ‖W‖² over standardised rows `z`.
@@ -219,12 +365,15 @@ impl Objective {
     }
 }
 
-struct Fit {
+pub(crate) struct Fit {
     theta: Vec<f64>,
-    loss: f64,
-    iterations: usize,
+    pub loss: f64,
+    pub iterations: usize,
     gradient_max: f64,
     converged: bool,
+    /// classes × dim.
+    pub weights: Array2<f64>,
+    pub bias: Array1<f64>,
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -324,20 +473,9 @@ fn lbfgs(objective: &Objective, max_iterations: usize) -> Fit {
         iterations,
         gradient_max,
         converged: gradient_max <= GRADIENT_TOLERANCE,
+        weights: Array2::zeros((0, 0)),
+        bias: Array1::zeros(0),
     }
-}
-
-fn targets_of(table: &FeatureTable, classifier: &Classifier) -> Vec<usize> {
-    table
-        .labels
-        .iter()
-        .map(|l| {
-            classifier
-                .labels()
-                .binary_search(l)
-                .expect("trained on these labels")
-        })
-        .collect()
 }
 
 /// Per-dimension mean and (population) standard deviation, in f64.

@@ -11,7 +11,9 @@
 //! 3. **normalise** to `pixel / 127.5 - 1` in NCHW planar order
 //!    (steps 2 and 3: [`rgb_to_tensor_into`]).
 //!
-//! [`preprocess_into`] runs all three.
+//! [`preprocess_into`] runs all three. [`views`] cuts crops of a decoded
+//! photo (and mirrors them) before steps 2–3: the views issue 14's recipe
+//! trains on and averages at serve time.
 //!
 //! ```
 //! use verger_image::{PreprocessConfig, TENSOR_LEN, preprocess};
@@ -35,6 +37,7 @@ mod decode;
 mod header;
 mod scaled;
 mod tensor;
+pub mod views;
 
 use image::RgbImage;
 

@@ -14,9 +14,14 @@
 //! `tools/quantize_int8.py`). Both take the same input and give the same
 //! 1280-d `features` output; their features agree to a cosine of about 0.996.
 //!
+//! [`ImagenetHead`] is the network's own last layer (the `Gemm` from the
+//! features to the 1000 ImageNet logits), read from the same file so that
+//! "is this fruit at all?" can be asked of any feature vector.
+//!
 //! It knows nothing of image files, storage, PCA or DataFusion: it takes
 //! tensors and gives vectors.
 
+mod imagenet_head;
 mod ort_engine;
 mod tract_engine;
 
@@ -24,6 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use imagenet_head::{
+    IMAGENET_CLASSES, IMAGENET_FRUIT_CLASSES, ImagenetHead, fruit_mass_of_logits,
+};
 pub use ort_engine::{OrtEngine, find_onnxruntime_library};
 pub use tract_engine::TractEngine;
 

@@ -208,3 +208,38 @@ fn a_missing_int8_model_says_how_to_build_it() {
     );
     assert!(err.contains("--model"), "{err}");
 }
+
+#[test]
+fn the_imagenet_head_gives_the_readme_logits_and_fruit_mass() {
+    let file = shared_model();
+    let head = ImagenetHead::from_onnx(&file.path).unwrap();
+    let model = SharedModel::load(file, &config(EngineChoice::Ort)).unwrap();
+    let zeros = model.features(&vec![0f32; INPUT_LEN], 1).unwrap();
+    let logits = head.logits(&zeros);
+    assert_eq!(logits.len(), IMAGENET_CLASSES);
+    let (argmax, max) = logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
+            if l > best.1 { (i, l) } else { best }
+        });
+    // The README: a mid-grey image is class 644 with max logit 3.4113.
+    assert_eq!(argmax, 644);
+    assert!((max - 3.4113).abs() < 1e-3, "max logit {max}");
+    let mass = head.fruit_mass(&zeros);
+    assert!(
+        mass > 0.0 && mass < 0.05,
+        "a grey image is not fruit: {mass}"
+    );
+}
+
+#[test]
+fn fruit_mass_is_the_softmax_mass_of_classes_948_to_957() {
+    let mut logits = vec![0f32; IMAGENET_CLASSES];
+    assert!((fruit_mass_of_logits(&logits) - 0.01).abs() < 1e-6);
+    logits[950] = 100.0;
+    assert!(fruit_mass_of_logits(&logits) > 0.999);
+    logits[950] = 0.0;
+    logits[947] = 100.0;
+    assert!(fruit_mass_of_logits(&logits) < 1e-6);
+}

@@ -16,7 +16,9 @@
 use serde::Deserialize;
 
 pub const FORMAT: &str = "verger-evaluation";
-pub const VERSION: u32 = 1;
+/// Version 2 added `open_set` (rejection figures), which the report does not
+/// draw yet; both versions share every field it reads.
+pub const VERSIONS: [u32; 2] = [1, 2];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Evaluation {
@@ -64,9 +66,9 @@ impl Evaluation {
                 self.format
             ));
         }
-        if self.version != VERSION {
+        if !VERSIONS.contains(&self.version) {
             return Err(format!(
-                "version {} is not supported by this verger (it reads version {VERSION})",
+                "version {} is not supported by this verger (it reads versions {VERSIONS:?})",
                 self.version
             ));
         }
@@ -114,11 +116,13 @@ mod tests {
                 .unwrap_err()
                 .contains("format")
         );
-        let newer = SAMPLE.replace(r#""version":1"#, r#""version":2"#);
+        let two = SAMPLE.replace(r#""version":1"#, r#""version":2"#);
+        assert!(Evaluation::parse(two.as_bytes()).is_ok());
+        let newer = SAMPLE.replace(r#""version":1"#, r#""version":3"#);
         assert!(
             Evaluation::parse(newer.as_bytes())
                 .unwrap_err()
-                .contains("version 2")
+                .contains("version 3")
         );
         let ragged = SAMPLE.replace("[1,19]", "[1]");
         assert!(

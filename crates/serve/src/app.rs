@@ -197,11 +197,16 @@ struct Scored {
     confidence: f32,
 }
 
-/// The answer of `POST /v1/identify`.
+/// The answer of `POST /v1/identify`. `label` is `null` when the photo
+/// is rejected, and `rejected` says why; `top5` is always there, ranked.
 #[derive(Debug, Serialize)]
 struct Answer {
-    label: String,
+    label: Option<String>,
+    /// The best fruit's probability (answered or not).
     confidence: f32,
+    rejected: Option<crate::RejectReason>,
+    /// Which rule rejected it: `fruit_mass`, `negatives` or `max_softmax`.
+    rejected_by: Option<crate::RejectRule>,
     top5: Vec<Scored>,
     info: Option<FruitInfo>,
 }
@@ -266,8 +271,8 @@ async fn identify_inner(state: &AppState, request: Request) -> Result<Answer, Ap
             message,
         ));
     }
-    let ranking = match tokio::time::timeout(limits.inference_timeout, answer).await {
-        Ok(Ok(Ok(ranking))) => ranking,
+    let identified = match tokio::time::timeout(limits.inference_timeout, answer).await {
+        Ok(Ok(Ok(identified))) => identified,
         Ok(Ok(Err(reason))) => {
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -293,10 +298,11 @@ async fn identify_inner(state: &AppState, request: Request) -> Result<Answer, Ap
             ));
         }
     };
-    answer_from(state, &ranking)
+    answer_from(state, &identified)
 }
 
-fn answer_from(state: &AppState, ranking: &[(usize, f32)]) -> Result<Answer, ApiError> {
+fn answer_from(state: &AppState, identified: &crate::Identification) -> Result<Answer, ApiError> {
+    let ranking = &identified.ranking;
     let top5 = ranking
         .iter()
         .map(|&(index, confidence)| {
@@ -307,10 +313,19 @@ fn answer_from(state: &AppState, ranking: &[(usize, f32)]) -> Result<Answer, Api
     let (Some(&(best, _)), Some(first)) = (ranking.first(), top5.first()) else {
         return Err(no_ranking());
     };
+    let rejected_by = identified.rejected;
+    if let Some(rule) = rejected_by {
+        tracing::debug!(?rule, best = %first.label, "photo rejected");
+    }
     Ok(Answer {
-        label: first.label.clone(),
+        label: rejected_by.is_none().then(|| first.label.clone()),
         confidence: first.confidence,
-        info: state.cards.get(best).cloned().flatten(),
+        rejected: rejected_by.map(crate::RejectRule::reason),
+        rejected_by,
+        info: rejected_by
+            .is_none()
+            .then(|| state.cards.get(best).cloned().flatten())
+            .flatten(),
         top5,
     })
 }

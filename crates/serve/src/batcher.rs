@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::{Classify, Featurize};
+use crate::{Classify, Featurize, Identification};
 
 /// The classes of one image, best first: (label index, probability).
 pub type Ranking = Vec<(usize, f32)>;
 
 pub struct Job {
     pub tensor: Vec<f32>,
-    pub reply: oneshot::Sender<Result<Ranking, String>>,
+    pub reply: oneshot::Sender<Result<Identification, String>>,
     pub queued: Instant,
 }
 
@@ -94,9 +94,9 @@ pub async fn run(
             "batch"
         );
         match outcome {
-            Ok(rankings) => {
-                for (reply, ranking) in replies.into_iter().zip(rankings) {
-                    let _ = reply.send(Ok(ranking));
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
                 }
             }
             Err(reason) => {
@@ -114,16 +114,16 @@ fn infer(
     classifier: &dyn Classify,
     tensors: &[Vec<f32>],
     top_k: usize,
-) -> Result<Vec<Ranking>, String> {
+) -> Result<Vec<Identification>, String> {
     let input: Vec<f32> = tensors.concat();
     let features = model.features(&input, tensors.len())?;
-    let rankings = classifier.top_k(&features, top_k)?;
-    if rankings.len() != tensors.len() {
+    let answers = classifier.identify(&features, top_k)?;
+    if answers.len() != tensors.len() {
         return Err(format!(
-            "classifier returned {} rankings for {} images",
-            rankings.len(),
+            "classifier returned {} answers for {} images",
+            answers.len(),
             tensors.len()
         ));
     }
-    Ok(rankings)
+    Ok(answers)
 }

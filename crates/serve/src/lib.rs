@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 pub use batcher::{BatchConfig, Ranking};
+pub use verger_classifier::{Identification, RejectReason, RejectRule};
 pub use verger_model::{EngineChoice, EngineConfig};
 
 /// Images → feature vectors (the MobileNetV2 model, or a stand-in in tests).
@@ -49,19 +50,41 @@ impl Featurize for verger_model::SharedModel {
     }
 }
 
-/// Feature vectors → ranked labels (the trained classifier, or a stand-in).
+/// Feature vectors → ranked labels and, when the photo is not one of the
+/// labels, why (the trained classifier, or a stand-in).
 pub trait Classify: Send + Sync {
     fn labels(&self) -> &[String];
-    /// For each of the `n` feature rows, its `k` most probable labels.
-    fn top_k(&self, features: &[f32], k: usize) -> Result<Vec<Ranking>, String>;
+    /// For each of the `n` feature rows, its `k` most probable labels and
+    /// the rejection rule that fired, if one did.
+    fn identify(&self, features: &[f32], k: usize) -> Result<Vec<Identification>, String>;
 }
 
-impl Classify for verger_classifier::Classifier {
+/// The trained classifier with the feature model's ImageNet head, which
+/// gives each photo's fruit mass for the first rejection rule.
+pub struct RejectingClassifier {
+    pub classifier: verger_classifier::Classifier,
+    pub head: verger_model::ImagenetHead,
+}
+
+impl Classify for RejectingClassifier {
     fn labels(&self) -> &[String] {
-        verger_classifier::Classifier::labels(self)
+        self.classifier.labels()
     }
-    fn top_k(&self, features: &[f32], k: usize) -> Result<Vec<Ranking>, String> {
-        verger_classifier::Classifier::top_k(self, features, k).map_err(|e| e.to_string())
+    fn identify(&self, features: &[f32], k: usize) -> Result<Vec<Identification>, String> {
+        let dim = self.classifier.feature_dim();
+        if dim != verger_model::FEATURE_DIM || !features.len().is_multiple_of(dim) {
+            return Err(format!(
+                "{} values are not rows of {dim} features",
+                features.len()
+            ));
+        }
+        let masses: Vec<f32> = features
+            .chunks_exact(dim)
+            .map(|row| self.head.fruit_mass(row))
+            .collect();
+        self.classifier
+            .identify(features, &masses, k)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -172,6 +195,7 @@ impl Service {
             &file.path,
             &file.sha256,
         )?;
+        let head = verger_model::ImagenetHead::from_onnx(&file.path)?;
         let model_sha256 = file.sha256.clone();
         let model = verger_model::SharedModel::load(file, &config.engine)?;
         let info = ServedModel {
@@ -181,7 +205,7 @@ impl Service {
         };
         Ok(Service::from_parts(
             model,
-            Arc::new(classifier),
+            Arc::new(RejectingClassifier { classifier, head }),
             info,
             config.limits.clone(),
             config.batch,

@@ -93,7 +93,7 @@ fn classifier_json_records_labels_feature_model_and_training() {
     let run = read_json(&sample_run().out.join("run.json"));
     let training_images = split_images("Training");
     assert_eq!(model["format"], "verger-classifier");
-    assert_eq!(model["version"], 1);
+    assert_eq!(model["version"], 2);
     assert_eq!(model["feature_model_sha256"], run["model"]["sha256"]);
     assert_eq!(model["feature_dim"], FEATURE_DIM);
     let labels = strings(&model["labels"]);
@@ -149,7 +149,7 @@ fn evaluate_on_test_reaches_the_target_and_writes_evaluation_json() {
     let test_images = split_images("Test");
     let n = test_images.len();
     assert_eq!(evaluation["format"], "verger-evaluation");
-    assert_eq!(evaluation["version"], 1);
+    assert_eq!(evaluation["version"], 2);
     assert_eq!(evaluation["split"], "Test");
     assert_eq!(evaluation["images"], n);
 
@@ -301,7 +301,7 @@ fn train_on_a_single_label_fails_clearly() {
     assert!(
         output
             .stderr
-            .contains("1 label(s) (Banana); a classifier needs at least 2"),
+            .contains("1 fruit label(s) (Banana); a classifier needs at least 2"),
         "{}",
         output.stderr
     );

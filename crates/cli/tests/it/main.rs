@@ -16,6 +16,7 @@ mod pca;
 mod precision;
 mod quality;
 mod reference;
+mod rejection;
 mod report;
 mod resume;
 mod s3;

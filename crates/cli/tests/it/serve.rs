@@ -24,6 +24,10 @@ static CLASSIFIER: LazyLock<PathBuf> = LazyLock::new(|| {
         .arg(&sample_run().out)
         .arg("--out")
         .arg(&dir)
+        // These tests are about answering and the limits: thresholds at the
+        // lowest training photo keep rejection nearly out of the way (it is
+        // tested on real grocery photos in rejection.rs).
+        .args(["--answer-fraction", "1", "--fruit-mass-pass", "1"])
         .exec()
         .assert_success();
     assert!(dir.join("classifier.json").is_file());
@@ -46,16 +50,19 @@ fn remove_dirs_of_finished_processes(tmp: &Path, prefix: &str) {
 }
 
 /// A `verger serve` child on a free loopback port, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Spawned,
     base: String,
 }
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
-        let mut child = serve_command(&CLASSIFIER, &model_path())
-            .args(extra)
-            .spawn();
+        Server::start_with(&CLASSIFIER, extra)
+    }
+
+    /// Serves the classifier in `classifier` (a folder with classifier.json).
+    pub(crate) fn start_with(classifier: &Path, extra: &[&str]) -> Server {
+        let mut child = serve_command(classifier, &model_path()).args(extra).spawn();
         let started = Instant::now();
         let base = loop {
             let stderr = child.stderr();
@@ -81,7 +88,7 @@ impl Server {
         reply(client().get(format!("{}{path}", self.base)).call())
     }
 
-    fn post(&self, content_type: &str, body: &[u8]) -> Reply {
+    pub(crate) fn post(&self, content_type: &str, body: &[u8]) -> Reply {
         reply(
             client()
                 .post(format!("{}/v1/identify", self.base))
@@ -118,10 +125,10 @@ fn client() -> ureq::Agent {
         .into()
 }
 
-struct Reply {
-    status: u16,
-    json: serde_json::Value,
-    text: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) json: serde_json::Value,
+    pub(crate) text: String,
 }
 
 fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{BatchConfig, Classify, Featurize, Limits, Ranking, ServedModel, Service};
+use crate::{
+    BatchConfig, Classify, Featurize, Identification, Limits, Ranking, RejectRule, ServedModel,
+    Service,
+};
 
 /// Features = the mean of each colour plane (3 values).
 struct PlaneMeans {
@@ -30,7 +33,8 @@ impl Featurize for PlaneMeans {
     }
 }
 
-/// Red → "Apple Red 1", green → "Kiwi", blue → "Rambutan" (not in the table).
+/// Red → "Apple Red 1", green → "Kiwi", blue → "Rambutan" (not in the
+/// table); a grey photo (no colour above 0.4) is rejected as uncertain.
 struct DominantColour {
     labels: Vec<String>,
 }
@@ -39,16 +43,17 @@ impl Classify for DominantColour {
     fn labels(&self) -> &[String] {
         &self.labels
     }
-    fn top_k(&self, features: &[f32], k: usize) -> Result<Vec<Ranking>, String> {
+    fn identify(&self, features: &[f32], k: usize) -> Result<Vec<Identification>, String> {
         Ok(features
             .chunks(3)
             .map(|row| {
                 let exp: Vec<f32> = row.iter().map(|v| (4.0 * v).exp()).collect();
                 let total: f32 = exp.iter().sum();
-                let mut ranked: Ranking = exp.iter().map(|e| e / total).enumerate().collect();
-                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-                ranked.truncate(k);
-                ranked
+                let mut ranking: Ranking = exp.iter().map(|e| e / total).enumerate().collect();
+                ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
+                ranking.truncate(k);
+                let rejected = (ranking[0].1 < 0.4).then_some(RejectRule::MaxSoftmax);
+                Identification { ranking, rejected }
             })
             .collect())
     }
@@ -259,6 +264,36 @@ fn identifies_a_raw_body_with_top5_and_info() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["label"], "Rambutan");
     assert!(r.json["info"].is_null(), "{}", r.text);
+}
+
+#[test]
+fn a_rejected_photo_has_a_null_label_a_reason_and_still_a_ranked_top5() {
+    let server = start(limits(), Duration::ZERO);
+    let r = post(&server, "image/png", &png(32, 32, [128, 128, 128]));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.json["label"].is_null(), "{}", r.text);
+    assert_eq!(r.json["rejected"], "uncertain", "{}", r.text);
+    assert_eq!(r.json["rejected_by"], "max_softmax", "{}", r.text);
+    assert!(
+        r.json["info"].is_null(),
+        "no fruit card for a rejected photo: {}",
+        r.text
+    );
+    let top5 = r.json["top5"].as_array().unwrap();
+    assert_eq!(top5.len(), 3, "{}", r.text);
+    let confidences: Vec<f64> = top5
+        .iter()
+        .map(|e| e["confidence"].as_f64().unwrap())
+        .collect();
+    assert!(
+        confidences.windows(2).all(|w| w[0] >= w[1]),
+        "ranked: {confidences:?}"
+    );
+
+    // An answered photo says it was not rejected.
+    let r = post(&server, "image/png", &png(32, 32, [230, 20, 20]));
+    assert_eq!(r.json["label"], "Apple Red 1", "{}", r.text);
+    assert!(r.json["rejected"].is_null(), "{}", r.text);
 }
 
 #[test]
