@@ -5,10 +5,13 @@
 //!   the model-only ceiling (embedded or on a local Ballista cluster), and
 //!   the listing-scale benchmark on synthetic collections;
 //! - [`serve_load`]: `verger bench-serve`, a bounded load test of a running
-//!   `verger serve`.
+//!   `verger serve`;
+//! - [`hostile`]: its `--hostile` clients (stalled connections and
+//!   decompression bombs alongside the normal load).
 //!
 //! It owns child processes, `wait4` and `/proc` readings; it never reaches
 //! into the pipeline or the service, it runs them as users do.
 
+pub mod hostile;
 pub mod pipeline;
 pub mod serve_load;

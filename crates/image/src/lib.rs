@@ -11,7 +11,9 @@
 //! 3. **normalise** to `pixel / 127.5 - 1` in NCHW planar order
 //!    (steps 2 and 3: [`rgb_to_tensor_into`]).
 //!
-//! [`preprocess_into`] runs all three.
+//! [`preprocess_into`] runs all three. [`decode_need`] tells from the
+//! headers alone how much memory step 1 will take, so that a service can
+//! reserve it from a shared budget first.
 //!
 //! ```
 //! use verger_image::{PreprocessConfig, TENSOR_LEN, preprocess};
@@ -33,6 +35,7 @@
 mod colour;
 mod decode;
 mod header;
+mod need;
 mod scaled;
 mod tensor;
 
@@ -43,6 +46,7 @@ use decode::DecodePath;
 use decode::decode_rgb_guarded;
 #[cfg(test)]
 use header::{HeaderInfo, read_header};
+pub use need::{DecodeNeed, decode_need};
 
 /// Side of the square image the model takes.
 pub const INPUT_SIZE: u32 = 224;
