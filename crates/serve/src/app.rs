@@ -125,18 +125,18 @@ fn start_state(service: Service) -> AppState {
 
 /// The fallbacks and the request counting, on either router.
 fn with_common_layers(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
-    let header =
+    let default_header =
         |name, value| SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value));
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(state), track))
         // The page sets its own policy; every other answer loads nothing.
-        .layer(header(header::CONTENT_SECURITY_POLICY, API_CSP))
-        .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(default_header(header::CONTENT_SECURITY_POLICY, API_CSP))
+        .layer(default_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(default_header(header::REFERRER_POLICY, "no-referrer"))
         // For browsers without CSP frame-ancestors.
-        .layer(header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(default_header(header::X_FRAME_OPTIONS, "DENY"))
         .with_state(Arc::clone(state))
 }
 
