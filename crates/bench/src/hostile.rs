@@ -141,7 +141,8 @@ fn hold_stalled(addr: SocketAddr, host: &str, count: usize, stop: &AtomicBool) -
 fn closed_by_peer(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 512];
     match stream.read(&mut buf) {
-        Ok(_) => true,
+        // 0: end of stream; more: an answer (a 408). Either way, done.
+        Ok(0..) => true,
         Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
 }

@@ -50,7 +50,7 @@ pub async fn serve(
             () = stop_requested(&mut stopped) => break,
             accepted = accept_within_cap(&listener, &open) => accepted,
         };
-        let connection = serve_connection(&builder, stream, router.clone(), stopped.clone());
+        let connection = serve_connection(builder.clone(), stream, router.clone(), stopped.clone());
         tokio::spawn(async move {
             connection.await;
             drop(permit);
@@ -74,7 +74,7 @@ pub async fn serve(
 /// request head, which hyper's own graceful shutdown would wait on until
 /// the header timeout) is dropped.
 async fn serve_connection(
-    builder: &http1::Builder,
+    builder: http1::Builder,
     stream: TcpStream,
     router: Router,
     mut stopped: watch::Receiver<bool>,
