@@ -609,7 +609,7 @@ struct BenchServeArgs {
     /// With --hostile: clients each sending decompression-bomb PNGs back to back
     #[arg(long, default_value_t = 40)]
     bombs: usize,
-    /// With --hostile: side of the bomb image, pixels (7900: a 190 KB PNG, 187 MB decoded)
+    /// With --hostile: side of the bomb image, pixels (7900: a 0.9 MB PNG, 187 MB decoded)
     #[arg(long, default_value_t = 7900)]
     bomb_side: u32,
     /// The service's process id, to report its peak resident memory (VmHWM) at the end

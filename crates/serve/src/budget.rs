@@ -1,4 +1,4 @@
-//! The decode-memory budget. A 180 KB PNG can declare 7,900 × 7,900 pixels
+//! The decode-memory budget. A PNG under 1 MB can declare 7,900 × 7,900 pixels
 //! and take half a GiB while it decodes, so a decoder slot alone does not
 //! bound memory: before decoding, a request reserves what its image needs
 //! (read from the header by `verger_image::decode_need`) from a weighted
