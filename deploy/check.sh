@@ -201,17 +201,26 @@ else
     skip user-data "PyYAML not installed (deploy/check.sh --install)"
 fi
 
-# 7. Bundle + install.sh into a scratch root, for both roles.
+# 7. Bundle + install.sh into a scratch root, for every role.
 install_check() {
     local root=$1
     "$here/install.sh" --role scheduler --bundle "$bundle" --root "$root" --kms-key-arn "$kms" || return 1
     "$here/install.sh" --role executor --bundle "$bundle" --root "$root" --kms-key-arn "$kms" \
         --scheduler-host scheduler.verger.internal --concurrent-tasks 3 || return 1
+    local classifier
+    classifier=$(mktemp -d)
+    echo '{}' >"$classifier/classifier.json"
+    "$here/install.sh" --role serve --bundle "$bundle" --root "$root" --classifier "$classifier" || return 1
+    if "$here/install.sh" --role serve --bundle "$bundle" --root "$root" 2>/dev/null; then
+        echo "serve without --classifier was accepted"; return 1
+    fi
+    rm -r "$classifier"
     local f
     for f in opt/verger/bin/verger opt/verger/lib/libonnxruntime.so.1.32.0 \
         opt/verger/models/mobilenet_v2_1.0_224_features.onnx \
         etc/verger/common.env etc/verger/scheduler.env etc/verger/executor.env \
-        etc/systemd/system/verger-scheduler.service etc/systemd/system/verger-executor.service; do
+        etc/systemd/system/verger-scheduler.service etc/systemd/system/verger-executor.service \
+        etc/verger/serve.env etc/systemd/system/verger-serve.service opt/verger/classifier/classifier.json; do
         [ -e "$root/$f" ] || { echo "missing $f"; return 1; }
     done
     [ "$(readlink "$root/opt/verger/lib/libonnxruntime.so")" = libonnxruntime.so.1.32.0 ] || { echo "bad ORT symlink"; return 1; }
@@ -234,7 +243,7 @@ install_check() {
     find "$root" -type f | sort
 }
 if [ "$fixture_ok" = 1 ] && [ -n "$bundle" ]; then
-    check install "make-bundle.sh + install.sh --root, both roles" install_check "$logs/root"
+    check install "make-bundle.sh + install.sh --root, every role" install_check "$logs/root"
 else
     record FAIL install "make-bundle.sh failed (log: $logs/fixture.log)"
     sed 's/^/    | /' "$logs/fixture.log" | tail -n 20
@@ -249,12 +258,13 @@ systemd_check_root() {
     mkdir -p "$root/usr/lib/systemd"
     cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
     SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no --root="$root" \
-        /etc/systemd/system/verger-scheduler.service /etc/systemd/system/verger-executor.service
+        /etc/systemd/system/verger-scheduler.service /etc/systemd/system/verger-executor.service \
+        /etc/systemd/system/verger-serve.service
 }
 systemd_check_host() {
     local out
     out=$(cd "$here/systemd" && SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no \
-        ./verger-scheduler.service ./verger-executor.service 2>&1)
+        ./verger-scheduler.service ./verger-executor.service ./verger-serve.service 2>&1)
     printf '%s\n' "$out"
     # Anything but "the binary is not installed here" is a failure.
     ! printf '%s\n' "$out" | grep -v 'Command /opt/verger/bin/verger is not executable: No such file or directory' | grep -q .
@@ -272,7 +282,7 @@ fi
 unit_flags_check() { # unit_flags_check VERGER_BINARY
     local bin=$1 unit cmd flag missing=0
     local -a flags
-    for unit in scheduler executor; do
+    for unit in scheduler executor serve; do
         cmd=$(sed -n 's|.*/opt/verger/bin/verger \([a-z]*\).*|\1|p' "$here/systemd/verger-$unit.service")
         mapfile -t flags < <(grep -o -- '--[a-z][a-z-]*' "$here/systemd/verger-$unit.service" | sort -u)
         for flag in "${flags[@]}"; do

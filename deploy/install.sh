@@ -6,6 +6,8 @@
 #   install.sh --role scheduler --bundle DIR|FILE.tar.gz --kms-key-arn ARN [--region R]
 #   install.sh --role executor  --bundle DIR|FILE.tar.gz --kms-key-arn ARN \
 #              --scheduler-host HOST [--concurrent-tasks N] [--region R]
+#   install.sh --role serve     --bundle DIR|FILE.tar.gz --classifier DIR
+#              (DIR: from `verger train`; copied to /opt/verger/classifier)
 #
 # Other options:
 #   --root DIR   install under DIR instead of / (for checking the layout; no
@@ -26,7 +28,7 @@ log() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
-role="" bundle="" root="" region="eu-west-1" kms_key_arn="" scheduler_host=""
+role="" bundle="" root="" region="eu-west-1" kms_key_arn="" scheduler_host="" classifier=""
 concurrent_tasks=2 start=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
         --kms-key-arn) kms_key_arn=${2:?}; shift 2 ;;
         --scheduler-host) scheduler_host=${2:?}; shift 2 ;;
         --concurrent-tasks) concurrent_tasks=${2:?}; shift 2 ;;
+        --classifier) classifier=${2:?}; shift 2 ;;
         --no-start) start=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -44,12 +47,18 @@ while [ $# -gt 0 ]; do
 done
 
 case "$role" in
-    scheduler|executor) ;;
-    *) die "--role must be scheduler or executor" ;;
+    scheduler|executor) env_files=(common "$role") ;;
+    # The service reads no bucket: no common.env (AWS settings) for it.
+    serve) env_files=(serve) ;;
+    *) die "--role must be scheduler, executor or serve" ;;
 esac
 [ -n "$bundle" ] || die "--bundle is required"
-[[ "$kms_key_arn" =~ ^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$ ]] \
-    || die "--kms-key-arn must be a KMS key ARN (got '$kms_key_arn')"
+if [ "$role" = serve ]; then
+    [ -f "$classifier/classifier.json" ] || die "--classifier DIR (with classifier.json) is required for serve"
+else
+    [[ "$kms_key_arn" =~ ^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$ ]] \
+        || die "--kms-key-arn must be a KMS key ARN (got '$kms_key_arn')"
+fi
 [[ "$region" =~ ^[a-z]{2}-[a-z]+-[0-9]$ ]] || die "--region looks wrong: $region"
 if [ "$role" = executor ]; then
     [[ "$scheduler_host" =~ ^[A-Za-z0-9.-]+$ ]] || die "--scheduler-host is required for an executor"
@@ -160,7 +169,7 @@ render() {
         -e "s|@CONCURRENT_TASKS@|$concurrent_tasks|g" \
         "$1"
 }
-for name in common "$role"; do
+for name in "${env_files[@]}"; do
     src="$bundle/env/$name.env"
     [ -f "$src" ] || die "no env/$name.env in the bundle"
     render "$src" >"$work/$name.env"
@@ -175,6 +184,11 @@ for name in common "$role"; do
         install -m 0640 "${env_owner[@]}" "$work/$name.env" "$dest"
     fi
 done
+
+if [ "$role" = serve ]; then
+    install -d -m 0755 "${owner[@]}" "$opt/classifier"
+    install -m 0644 "${owner[@]}" "$classifier/classifier.json" "$opt/classifier/"
+fi
 
 unit="verger-$role.service"
 [ -f "$bundle/systemd/$unit" ] || die "no systemd/$unit in the bundle"

@@ -5,8 +5,8 @@
 #     bin/verger                       the release binary (built with the cluster feature)
 #     models/mobilenet_v2_1.0_224_features.onnx
 #     wheels/onnxruntime-*.whl         the ONNX Runtime wheel from PyPI (the .so is taken from it)
-#     systemd/verger-{scheduler,executor}.service
-#     env/{common,scheduler,executor}.env
+#     systemd/verger-{scheduler,executor,serve}.service
+#     env/{common,scheduler,executor,serve}.env
 #     install.sh  README.md  SHA256SUMS
 #
 # and OUT/verger-VERSION-linux-x86_64.tar.gz (+ .sha256).

@@ -6,6 +6,11 @@
 //! latency percentiles, throughput, errors, how many answers named the
 //! photo's folder, and the mean inference batch (from `/metrics`). Meant for
 //! loopback or a test host: the number of requests is fixed up front.
+//!
+//! With a [`HostileConfig`] (`--hostile`), each level runs twice: alone, then
+//! alongside stalled connections and decompression bombs
+//! ([`crate::hostile`]), so the two rows show what the hostile load costs a
+//! normal request.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+
+use crate::hostile::{Hostile, HostileConfig, HostileReport};
 
 #[derive(Debug, Clone)]
 pub struct LoadTestConfig {
@@ -28,6 +35,8 @@ pub struct LoadTestConfig {
     pub images: PathBuf,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Also run each level alongside this hostile load.
+    pub hostile: Option<HostileConfig>,
 }
 
 /// The figures of one concurrency level.
@@ -48,6 +57,8 @@ pub struct LoadReport {
     pub mean_batch: Option<f64>,
     /// The first few error messages, for diagnosis.
     pub first_errors: Vec<String>,
+    /// What the hostile clients saw, when this level ran alongside them.
+    pub hostile: Option<HostileReport>,
 }
 
 struct Photo {
@@ -75,18 +86,37 @@ pub fn run(config: &LoadTestConfig) -> anyhow::Result<Vec<LoadReport>> {
         let concurrency = concurrency.max(1);
         // Warm-up (not timed): first calls allocate the engine's buffers.
         drive(&base, &photos, concurrency, concurrency * 2, config.timeout);
-        let before = batch_totals(&agent, &base);
-        let started = Instant::now();
-        let outcomes = drive(&base, &photos, concurrency, config.requests, config.timeout);
-        let wall = started.elapsed();
-        let after = batch_totals(&agent, &base);
-        let mean_batch = match (before, after) {
-            (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => Some((s1 - s0) / (c1 - c0)),
-            _ => None,
-        };
-        reports.push(summarise(concurrency, &outcomes, wall, mean_batch));
+        reports.push(level(config, &agent, &base, &photos, concurrency));
+        if let Some(hostile) = &config.hostile {
+            let clients = Hostile::start(&base, hostile, config.timeout)?;
+            // Let the stalled connections open and the bombs start arriving.
+            std::thread::sleep(Duration::from_secs(2));
+            let mut report = level(config, &agent, &base, &photos, concurrency);
+            report.hostile = Some(clients.stop());
+            reports.push(report);
+        }
     }
     Ok(reports)
+}
+
+/// One timed run of `config.requests` requests at `concurrency`.
+fn level(
+    config: &LoadTestConfig,
+    agent: &ureq::Agent,
+    base: &str,
+    photos: &Arc<Vec<Photo>>,
+    concurrency: usize,
+) -> LoadReport {
+    let before = batch_totals(agent, base);
+    let started = Instant::now();
+    let outcomes = drive(base, photos, concurrency, config.requests, config.timeout);
+    let wall = started.elapsed();
+    let after = batch_totals(agent, base);
+    let mean_batch = match (before, after) {
+        (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => Some((s1 - s0) / (c1 - c0)),
+        _ => None,
+    };
+    summarise(concurrency, &outcomes, wall, mean_batch)
 }
 
 fn agent(timeout: Duration) -> ureq::Agent {
@@ -266,7 +296,23 @@ fn summarise(
         max_ms: latencies.last().copied().unwrap_or(0.0),
         mean_batch,
         first_errors: errors.into_iter().take(5).cloned().collect(),
+        hostile: None,
     }
+}
+
+/// "N stalled (K closed), bombs: 413 × a, 503 × b".
+fn hostile_summary(h: &HostileReport) -> String {
+    let answers: Vec<String> = h
+        .bomb_answers
+        .iter()
+        .map(|(status, n)| format!("{status} × {n}"))
+        .collect();
+    format!(
+        "{} stalled opened ({} closed by the service); bombs: {}",
+        h.stalled_opened,
+        h.stalled_closed_by_service,
+        answers.join(", ")
+    )
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -281,13 +327,16 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// A Markdown table of the reports.
 pub fn table(reports: &[LoadReport]) -> String {
     let mut out = String::from(
-        "| concurrency | requests | errors | correct | throughput req/s | p50 ms | p90 ms | p99 ms | max ms | mean batch |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| concurrency | hostile load | requests | errors | correct | throughput req/s | p50 ms | p90 ms | p99 ms | max ms | mean batch |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in reports {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
             r.concurrency,
+            r.hostile
+                .as_ref()
+                .map_or("none".to_string(), hostile_summary),
             r.requests,
             r.errors,
             r.correct,

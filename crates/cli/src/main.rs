@@ -31,7 +31,9 @@ verger evaluate --classifier model/ --features out/sample   # scored on Test/\n\
 On a Ballista cluster (one scheduler, an executor per worker):\n  \
 verger scheduler --bind 0.0.0.0:50050\n  \
 verger executor --scheduler sched-host:50050 --concurrent-tasks 2\n  \
-verger run --cluster df://sched-host:50050 --input s3://fruits/images/ --output s3://fruits/results/"
+verger run --cluster df://sched-host:50050 --input s3://fruits/images/ --output s3://fruits/results/\n\n\
+The Ballista ports (scheduler 50050, executors' Flight 50051) have no authentication: anyone who \
+can reach them can run plans. Keep them on a private network that admits only the cluster's hosts."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,9 +47,11 @@ enum Command {
     /// Measure the pipeline against the model-only ceiling (and peak memory).
     Bench(BenchArgs),
     /// Run a Ballista scheduler that accepts verger jobs (no model or store access needed).
+    /// Its port has no authentication: keep it on a private network.
     Scheduler(SchedulerArgs),
     /// Run a Ballista executor with verger's functions; it loads the model once and
     /// reads/writes S3 with its own AWS environment (instance role, env vars).
+    /// Its Flight port has no authentication: keep it on a private network.
     Executor(ExecutorArgs),
     /// Write a self-contained HTML report (plots as PNG) of a finished run's output.
     #[command(long_about = REPORT_ABOUT, after_help = REPORT_EXAMPLES)]
@@ -505,9 +509,16 @@ GET  /             a web page: choose or drop a photo, see the answer (works on 
 GET  /healthz      {status, engine, model_sha256, labels}\n  \
 GET  /metrics      Prometheus text: requests by route and status, latency, errors by kind, \
 batch sizes\n\n\
-Limits: an upload over --max-body gets 413; not a JPEG/PNG 415; a corrupt image 400; an image \
-over --max-pixels 413 before any pixel is decoded; a full queue 503. Requests arriving within \
---batch-delay-ms of each other share one inference call of up to --max-batch images.";
+Limits: an upload over --max-body gets 413; a Content-Type other than image/*, \
+application/octet-stream or multipart/form-data 415; not a JPEG/PNG 415; a corrupt image 400; an \
+image over --max-pixels 413 before any pixel is decoded. Before decoding, each image reserves the \
+memory its header says it needs from --decode-memory: more than the whole budget is 413 at once, \
+no room within --decode-wait 503 with Retry-After. Over --max-in-flight requests or a full queue: \
+503. A connection that does not finish a request head within --header-timeout (also the idle \
+keep-alive timeout) is closed; over --max-connections, new connections wait. Error answers are \
+generic, with a request id that the log repeats with the detail. Requests arriving within \
+--batch-delay-ms of each other share one inference call of up to --max-batch images.\n\n\
+It speaks plain HTTP/1.1: on a public address, put it behind a TLS-terminating proxy.";
 
 const SERVE_EXAMPLES: &str = "Examples:\n  \
 verger train --features out/sample --out model/\n  \
@@ -540,9 +551,33 @@ struct ServeArgs {
     /// Images waiting for the model at most; more get 503 at once instead of waiting
     #[arg(long, default_value_t = 256, value_name = "IMAGES")]
     queue: usize,
-    /// Seconds allowed to receive an upload (408 after) and to wait for the model (503 after)
+    /// Seconds allowed to receive an upload (408 after) and to wait for the model (503 after);
+    /// also how long requests in flight get to finish after SIGTERM
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     timeout: u64,
+    /// Seconds a connection may take to send a request head (and may stay idle between
+    /// requests) before it is closed
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    header_timeout: u64,
+    /// Connections open at once at most; more wait in the accept backlog
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Requests handled at once at most; more get 503 at once
+    #[arg(long, default_value_t = 128)]
+    max_in_flight: usize,
+    /// Memory all decodes in progress may take together (each image reserves its need, read
+    /// from its header, before decoding): bytes, or with KiB, MiB, GiB
+    #[arg(long, default_value = "512MiB", value_parser = parse_size, value_name = "SIZE")]
+    decode_memory: usize,
+    /// Images decoded at once [default: cores]
+    #[arg(long)]
+    decoders: Option<usize>,
+    /// Seconds an image waits for room in the decode budget before a 503
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    decode_wait: u64,
+    /// Serve /healthz and /metrics on this address instead of --bind (e.g. 127.0.0.1:9090)
+    #[arg(long, value_name = "ADDR")]
+    admin_bind: Option<std::net::SocketAddr>,
     /// The ONNX model [default: the shared MobileNetV2, found as shared/models/… beside the project]
     #[arg(long, env = "VERGER_MODEL")]
     model: Option<PathBuf>,
@@ -566,11 +601,14 @@ For each --concurrency level, that many client threads send the photos under --i
 (round robin) to POST /v1/identify, each waiting for its answer before sending the next, \
 until --requests answers have come back. Reported per level: p50/p90/p99/max latency, \
 throughput, errors, answers naming the photo's folder, and the mean inference batch (from \
-/metrics). Send it only to a server of yours: the loopback address or a test host.";
+/metrics). With --hostile, each level runs again alongside stalled connections and \
+decompression-bomb uploads, and the hostile clients' answers are reported. Send it only to a \
+server of yours: the loopback address or a test host.";
 
 const BENCH_SERVE_EXAMPLES: &str = "Examples:\n  \
 verger serve --classifier model/ &\n  \
-verger bench-serve --url http://127.0.0.1:8080 --requests 2000 --concurrency 1,16";
+verger bench-serve --url http://127.0.0.1:8080 --requests 2000 --concurrency 1,16\n  \
+verger bench-serve --concurrency 16 --hostile --stalled 500 --bombs 40 --server-pid $SERVE_PID   # SERVE_PID=$! after starting the service";
 
 #[derive(Args)]
 struct BenchServeArgs {
@@ -592,6 +630,22 @@ struct BenchServeArgs {
     /// Also write the results as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run each level twice: alone, then alongside --stalled connections that send half a
+    /// request head and stall, and --bombs clients sending small PNGs of --bomb-side² pixels
+    #[arg(long)]
+    hostile: bool,
+    /// With --hostile: connections kept stalled in the middle of their request head
+    #[arg(long, default_value_t = 500)]
+    stalled: usize,
+    /// With --hostile: clients each sending decompression-bomb PNGs back to back
+    #[arg(long, default_value_t = 40)]
+    bombs: usize,
+    /// With --hostile: side of the bomb image, pixels (7900: a 0.9 MB PNG, 187 MB decoded)
+    #[arg(long, default_value_t = 7900)]
+    bomb_side: u32,
+    /// The service's process id, to report its peak resident memory (VmHWM) at the end
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
 }
 
 /// `10MiB`, `512KiB`, `2MB`, `1000000`.
@@ -611,7 +665,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
         "gib" => 1 << 30,
         other => {
             return Err(format!(
-                "unknown size unit {other:?} (use B, KiB, MiB, KB or MB)"
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB or MB)"
             ));
         }
     };
@@ -636,15 +690,32 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     config.limits.queue_capacity = args.queue.max(1);
     config.limits.read_timeout = std::time::Duration::from_secs(args.timeout.max(1));
     config.limits.inference_timeout = config.limits.read_timeout;
+    config.limits.shutdown_grace = config.limits.read_timeout;
+    config.limits.header_timeout = std::time::Duration::from_secs(args.header_timeout.max(1));
+    config.limits.max_connections = args.max_connections.max(1);
+    config.limits.max_in_flight = args.max_in_flight.max(1);
+    config.limits.decode_memory = args.decode_memory as u64;
+    config.limits.decode_wait = std::time::Duration::from_secs(args.decode_wait);
+    if let Some(decoders) = args.decoders {
+        config.limits.decoders = decoders.max(1);
+    }
     let service = verger_serve::Service::load(&config)?;
     runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.bind))?;
+        let listener = listen(args.bind).await?;
+        let admin = match args.admin_bind {
+            Some(addr) => Some(listen(addr).await?),
+            None => None,
+        };
         service
-            .serve(listener, verger_serve::shutdown_signal())
+            .serve_split(listener, admin, verger_serve::shutdown_signal())
             .await
     })
+}
+
+async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
 fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
@@ -654,9 +725,22 @@ fn run_bench_serve(args: BenchServeArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         images: args.images,
         timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+        hostile: args
+            .hostile
+            .then_some(verger_bench::hostile::HostileConfig {
+                stalled: args.stalled,
+                bombs: args.bombs,
+                bomb_side: args.bomb_side,
+            }),
     };
     let reports = verger_bench::serve_load::run(&config)?;
     println!("{}", verger_bench::serve_load::table(&reports));
+    if let Some(pid) = args.server_pid {
+        match verger_bench::hostile::peak_rss_mib(pid) {
+            Some(mib) => println!("service peak RSS (VmHWM of pid {pid}): {mib:.0} MiB"),
+            None => eprintln!("cannot read /proc/{pid}/status for the peak RSS"),
+        }
+    }
     for report in &reports {
         for error in &report.first_errors {
             eprintln!("concurrency {}: {error}", report.concurrency);

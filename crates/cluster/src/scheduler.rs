@@ -16,6 +16,9 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 
 use crate::codec::{GRPC_MESSAGE_LIMIT, physical_codec, session_config};
 
+/// The only origin whose pages may call the scheduler's REST API: none.
+const SCHEDULER_CORS_ORIGIN: &str = "https://no-browser-access.invalid";
+
 /// What `verger scheduler` takes from its flags.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
@@ -66,6 +69,12 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<()> {
         override_config_producer: Some(Arc::new(session_config)),
         override_session_builder: Some(session_builder),
         override_physical_codec: Some(physical_codec()),
+        // Ballista's default lets pages from http://localhost:8080 (where
+        // `verger serve` listens by default) call the scheduler's REST API
+        // from a browser. No browser needs it: the only origin allowed is
+        // one that cannot exist (.invalid never resolves, RFC 2606); an
+        // empty list would mean Ballista's default again.
+        cors_allowed_origins: SCHEDULER_CORS_ORIGIN.to_string(),
         ..SchedulerConfig::default()
     };
     config.validate().context("invalid scheduler settings")?;

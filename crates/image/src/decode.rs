@@ -142,7 +142,11 @@ fn decode_full(
     Ok(img.into_rgb8())
 }
 
-fn check_pixels(width: u32, height: u32, cfg: &PreprocessConfig) -> Result<(), ImageError> {
+pub(crate) fn check_pixels(
+    width: u32,
+    height: u32,
+    cfg: &PreprocessConfig,
+) -> Result<(), ImageError> {
     if u64::from(width) * u64::from(height) > cfg.max_pixels {
         return Err(ImageError::TooLarge {
             width,

@@ -13,7 +13,9 @@
 //!
 //! [`preprocess_into`] runs all three. [`views`] cuts crops of a decoded
 //! photo (and mirrors them) before steps 2–3: the views issue 14's recipe
-//! trains on and averages at serve time.
+//! trains on and averages at serve time. [`decode_need`] tells from the
+//! headers alone how much memory step 1 will take, so that a service can
+//! reserve it from a shared budget first.
 //!
 //! ```
 //! use verger_image::{PreprocessConfig, TENSOR_LEN, preprocess};
@@ -35,6 +37,7 @@
 mod colour;
 mod decode;
 mod header;
+mod need;
 mod scaled;
 mod tensor;
 pub mod views;
@@ -46,6 +49,7 @@ use decode::DecodePath;
 use decode::decode_rgb_guarded;
 #[cfg(test)]
 use header::{HeaderInfo, read_header};
+pub use need::{DecodeNeed, decode_need};
 
 /// Side of the square image the model takes.
 pub const INPUT_SIZE: u32 = 224;

@@ -163,7 +163,7 @@ fn decode_with(
 /// Bytes of the DCT coefficients of the whole image (2 bytes each, 64 per
 /// 8×8 block of every component), which libjpeg-turbo holds for a
 /// progressive JPEG, rounded up to whole MCUs.
-fn coefficient_bytes(frame: &JpegFrame, width: u32, height: u32) -> u64 {
+pub(crate) fn coefficient_bytes(frame: &JpegFrame, width: u32, height: u32) -> u64 {
     let h_max = frame.sampling.iter().map(|s| s.0).max().unwrap_or(1).max(1);
     let v_max = frame.sampling.iter().map(|s| s.1).max().unwrap_or(1).max(1);
     let mcus_x = u64::from(width).div_ceil(8 * u64::from(h_max));

@@ -975,3 +975,99 @@ fn rgb_to_tensor_into_is_the_second_half_of_preprocess() {
     rgb_to_tensor_into(&rgb, &mut t);
     assert_eq!(t, run(&bytes).unwrap());
 }
+
+/// With `max_alloc_bytes` set to the need `decode_need` reads from the
+/// headers, every kind of image still decodes: the need covers what the
+/// decoders check and allocate.
+#[test]
+fn decode_need_admits_every_kind_of_image() {
+    let rgb = smooth(900, 700);
+    let dynamic = DynamicImage::ImageRgb8(rgb.clone());
+    let mut rotated = jpeg(&dynamic)[..2].to_vec();
+    rotated.extend_from_slice(&exif_orientation_segment(6));
+    rotated.extend_from_slice(&jpeg(&dynamic)[2..]);
+    let mut progressive = turbo_encode(rgb.as_raw(), 900, 700, turbojpeg::PixelFormat::RGB);
+    progressive.progressive = true;
+    let cmyk: Vec<u8> = rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    let mut cmyk = turbo_encode(&cmyk, 900, 700, turbojpeg::PixelFormat::CMYK);
+    cmyk.colorspace = Some(turbojpeg::Colorspace::CMYK);
+    // Indexed with a transparent entry: decodes to RGBA.
+    let mut palette = PNG_SIGNATURE.to_vec();
+    png_chunk(&mut palette, b"IHDR", &ihdr(2, 1, 8, 3));
+    png_chunk(&mut palette, b"PLTE", &[0, 0, 0, 0, 0, 255]);
+    png_chunk(&mut palette, b"tRNS", &[0]);
+    png_chunk(&mut palette, b"IDAT", &stored_zlib(&[0, 0, 1]));
+    png_chunk(&mut palette, b"IEND", &[]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("png palette with tRNS", palette),
+        ("png rgb", png(&dynamic)),
+        (
+            "png grey",
+            png(&DynamicImage::ImageLuma8(dynamic.to_luma8())),
+        ),
+        (
+            "png rgba",
+            png(&DynamicImage::ImageRgba8(dynamic.to_rgba8())),
+        ),
+        (
+            "png rgb16",
+            png(&DynamicImage::ImageRgb16(dynamic.to_rgb16())),
+        ),
+        (
+            "png la16",
+            png(&DynamicImage::ImageLumaA16(dynamic.to_luma_alpha16())),
+        ),
+        ("jpeg", jpeg(&dynamic)),
+        (
+            "jpeg small",
+            jpeg(&DynamicImage::ImageRgb8(smooth(300, 200))),
+        ),
+        (
+            "jpeg grey",
+            jpeg(&DynamicImage::ImageLuma8(dynamic.to_luma8())),
+        ),
+        ("jpeg rotated", rotated),
+        ("jpeg progressive", progressive.encode()),
+        ("jpeg cmyk", cmyk.encode()),
+    ];
+    for (what, bytes) in cases {
+        let need = decode_need(&bytes, &PreprocessConfig::default()).unwrap();
+        assert!(need.bytes <= need.full_decode_bytes, "{what}: {need:?}");
+        let tight = PreprocessConfig {
+            max_alloc_bytes: need.bytes,
+            ..PreprocessConfig::default()
+        };
+        preprocess(&bytes, &tight).unwrap_or_else(|e| panic!("{what}: {e} with {need:?}"));
+        let full = PreprocessConfig {
+            max_alloc_bytes: need.full_decode_bytes,
+            ..no_scaling()
+        };
+        preprocess(&bytes, &full).unwrap_or_else(|e| panic!("{what} in full: {e} with {need:?}"));
+    }
+}
+
+#[test]
+fn decode_need_is_read_from_the_header_and_refuses_what_decoding_would() {
+    // A decompression bomb: the header alone says 7900 × 7900 RGB.
+    let mut bomb = PNG_SIGNATURE.to_vec();
+    png_chunk(&mut bomb, b"IHDR", &ihdr(7900, 7900, 8, 2));
+    let need = decode_need(&bomb, &PreprocessConfig::default()).unwrap();
+    assert!(need.bytes >= 7900 * 7900 * 3, "{need:?}");
+    assert!(need.bytes < 7900 * 7900 * 4, "{need:?}");
+    // A phone photo decoded at 1/8 scale needs far less than in full.
+    let photo = jpeg(&DynamicImage::ImageRgb8(smooth(4000, 3000)));
+    let need = decode_need(&photo, &PreprocessConfig::default()).unwrap();
+    assert!(need.bytes * 4 < need.full_decode_bytes, "{need:?}");
+    assert!(need.full_decode_bytes >= 4000 * 3000 * 3, "{need:?}");
+
+    let kinds = |bytes: &[u8]| {
+        decode_need(bytes, &PreprocessConfig::default())
+            .unwrap_err()
+            .kind()
+    };
+    assert_eq!(kinds(b""), "empty");
+    assert_eq!(kinds(b"plain text, not an image"), "unknown_format");
+    let mut huge = PNG_SIGNATURE.to_vec();
+    png_chunk(&mut huge, b"IHDR", &ihdr(50_000, 50_000, 8, 2));
+    assert_eq!(kinds(&huge), "too_large");
+}

@@ -5,46 +5,33 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::batcher::{self, Job};
+use crate::budget::{BudgetError, DecodeBudget};
+use crate::error::{ApiError, ERROR_KINDS, error_body};
 use crate::fruit_info::{FruitInfo, FruitTable};
 use crate::metrics::Metrics;
+use crate::page::{API_CSP, page};
 use crate::{Limits, ServedModel, Service};
-
-const PAGE: &str = include_str!("../page/index.html");
 
 /// The routes `/metrics` names; any other path is counted as `other` so a
 /// scan of random URLs cannot blow up the number of series.
 const ROUTES: [&str; 4] = ["/", "/v1/identify", "/healthz", "/metrics"];
 
-/// Every error kind, listed at zero from the start.
-const ERROR_KINDS: [&str; 13] = [
-    "body_too_large",
-    "read_timeout",
-    "bad_body",
-    "empty_body",
-    "no_image_field",
-    "not_an_image",
-    "unsupported_image",
-    "corrupt_image",
-    "image_too_large",
-    "overloaded",
-    "inference",
-    "not_found",
-    "method_not_allowed",
-];
-
 struct AppState {
     queue: mpsc::Sender<Job>,
-    decoders: Arc<Semaphore>,
+    budget: DecodeBudget,
     limits: Limits,
     labels: Vec<String>,
     /// The info card of each label, by label index.
@@ -53,10 +40,52 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// Builds the router and starts the batcher task (it ends with the router).
-pub fn router(service: Service) -> Router {
+/// The public routes, and the admin ones when they listen apart.
+pub struct Routers {
+    pub public: Router,
+    /// `/healthz` and `/metrics`, when `--admin-bind` moves them off `public`.
+    pub admin: Option<Router>,
+}
+
+/// Builds the routers and starts the batcher task (it ends with the routers).
+pub fn routers(service: Service, split_admin: bool) -> Routers {
+    let limits = service.limits.clone();
+    let state = Arc::new(start_state(service));
+    let admin_routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text));
+    let mut public = Router::new()
+        .route("/", get(page))
+        .route("/v1/identify", post(identify));
+    let admin = if split_admin {
+        Some(with_common_layers(admin_routes, &state))
+    } else {
+        public = public.merge(admin_routes);
+        None
+    };
+    // Multipart reads at most this much (raw bodies are counted by hand).
+    let public = public
+        .layer(DefaultBodyLimit::max(limits.max_body))
+        // At most `max_in_flight` requests handled at once across every
+        // connection; one more is answered 503 at once rather than queued
+        // (a queued request would hold its body).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(too_many_in_flight))
+                .load_shed()
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits.max_in_flight.max(1),
+                )),
+        );
+    Routers {
+        public: with_common_layers(public, &state),
+        admin,
+    }
+}
+
+fn start_state(service: Service) -> AppState {
     let metrics = Arc::new(Metrics::new());
-    for kind in ERROR_KINDS {
+    for (kind, _) in ERROR_KINDS {
         metrics.errors.with_label_values(&[kind]);
     }
     let (queue, receiver) = mpsc::channel(service.limits.queue_capacity.max(1));
@@ -79,30 +108,57 @@ pub fn router(service: Service) -> Router {
     if !without.is_empty() {
         tracing::info!(labels = ?without, "labels without a fruit-information row (info = null)");
     }
-    let state = Arc::new(AppState {
+    AppState {
         queue,
-        decoders: Arc::new(Semaphore::new(service.limits.decoders.max(1))),
+        budget: DecodeBudget::new(
+            service.limits.decode_memory,
+            service.limits.decoders,
+            service.limits.decode_wait,
+        ),
         limits: service.limits.clone(),
         labels,
         cards,
         model: service.info,
         metrics,
-    });
-    Router::new()
-        .route("/", get(page))
-        .route("/v1/identify", post(identify))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        // Multipart reads at most this much (raw bodies are counted by hand).
-        .layer(DefaultBodyLimit::max(service.limits.max_body))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
-        .with_state(state)
+    }
 }
 
-/// Counts and times every request, whatever answered it.
-async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// The fallbacks and the request counting, on either router.
+fn with_common_layers(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
+    let default_header =
+        |name, value| SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value));
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(state), track))
+        // The page sets its own policy; every other answer loads nothing.
+        .layer(default_header(header::CONTENT_SECURITY_POLICY, API_CSP))
+        .layer(default_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(default_header(header::REFERRER_POLICY, "no-referrer"))
+        // For browsers without CSP frame-ancestors.
+        .layer(default_header(header::X_FRAME_OPTIONS, "DENY"))
+        .with_state(Arc::clone(state))
+}
+
+/// Answers a request over the in-flight limit (the load shedder's error).
+async fn too_many_in_flight(_: tower::BoxError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many requests in flight",
+    )
+    .retry_after(1)
+}
+
+/// A request's id: in the log lines about it, and in its error answers
+/// and `X-Request-Id` header, so a client's report can be found in the log.
+#[derive(Debug, Clone)]
+pub struct RequestId(String);
+
+/// Gives every request an id, counts and times it whatever answered it, and
+/// turns an [`ApiError`] answer into its client-facing body, its detail
+/// going to the log.
+async fn track(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = ROUTES
         .iter()
@@ -117,7 +173,16 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         Method::DELETE => "DELETE",
         _ => "other",
     };
-    let response = next.run(request).await;
+    let id = RequestId(uuid::Uuid::new_v4().simple().to_string());
+    request.extensions_mut().insert(id.clone());
+    let mut response = next.run(request).await;
+    if let Some(err) = response.extensions_mut().remove::<ApiError>() {
+        report_error(&state, &id, route, &err);
+        *response.body_mut() = error_body(err.kind, Some(&id.0));
+    }
+    if let Ok(value) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert("x-request-id", value);
+    }
     let m = &state.metrics;
     m.requests
         .with_label_values(&[route, method, response.status().as_str()])
@@ -128,11 +193,14 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
     response
 }
 
-async fn page() -> impl IntoResponse {
-    (
-        [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))],
-        Html(PAGE),
-    )
+fn report_error(state: &AppState, id: &RequestId, route: &str, err: &ApiError) {
+    state.metrics.errors.with_label_values(&[err.kind]).inc();
+    let (request_id, kind, detail) = (id.0.as_str(), err.kind, err.detail.as_str());
+    if err.status.is_server_error() {
+        tracing::warn!(request_id, route, kind, detail, "request failed");
+    } else {
+        tracing::debug!(request_id, route, kind, detail, "request refused");
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
@@ -147,6 +215,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    state
+        .metrics
+        .decode_memory_reserved
+        .set(i64::try_from(state.budget.reserved_bytes()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,
@@ -157,20 +229,17 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn not_found(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let err = ApiError::new(
+/// The path is logged, never echoed: an answer that repeats what a stranger
+/// sent is a reflection to get wrong.
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!(
-            "no route {}; try POST /v1/identify, GET /, GET /healthz or GET /metrics",
-            request.uri().path()
-        ),
-    );
-    state.metrics.errors.with_label_values(&[err.kind]).inc();
-    err.into_response()
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
 }
 
-async fn method_not_allowed(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn method_not_allowed(request: Request) -> Response {
     let path = request.uri().path();
     let allow = if path == "/v1/identify" {
         "POST"
@@ -180,9 +249,8 @@ async fn method_not_allowed(State(state): State<Arc<AppState>>, request: Request
     let err = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} {path} is not allowed; use {allow}", request.method()),
+        format!("{} {path}", request.method()),
     );
-    state.metrics.errors.with_label_values(&[err.kind]).inc();
     let mut response = err.into_response();
     response
         .headers_mut()
@@ -214,20 +282,13 @@ struct Answer {
 async fn identify(State(state): State<Arc<AppState>>, request: Request) -> Response {
     match identify_inner(&state, request).await {
         Ok(answer) => axum::Json(answer).into_response(),
-        Err(err) => {
-            state.metrics.errors.with_label_values(&[err.kind]).inc();
-            if err.status.is_server_error() {
-                tracing::warn!(kind = err.kind, message = %err.message, "identify failed");
-            } else {
-                tracing::debug!(kind = err.kind, message = %err.message, "identify refused");
-            }
-            err.into_response()
-        }
+        Err(err) => err.into_response(),
     }
 }
 
 async fn identify_inner(state: &AppState, request: Request) -> Result<Answer, ApiError> {
     let limits = &state.limits;
+    check_content_type(request.headers())?;
     let bytes = tokio::time::timeout(limits.read_timeout, read_image(request, limits.max_body))
         .await
         .map_err(|_| {
@@ -265,11 +326,9 @@ async fn identify_inner(state: &AppState, request: Request) -> Result<Answer, Ap
             }
             mpsc::error::TrySendError::Closed(_) => "the service is shutting down",
         };
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            message,
-        ));
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry_after(1),
+        );
     }
     let identified = match tokio::time::timeout(limits.inference_timeout, answer).await {
         Ok(Ok(Ok(identified))) => identified,
@@ -277,7 +336,7 @@ async fn identify_inner(state: &AppState, request: Request) -> Result<Answer, Ap
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "inference",
-                format!("the model failed on this batch: {reason}"),
+                reason.to_string(),
             ));
         }
         Ok(Err(_)) => {
@@ -292,10 +351,11 @@ async fn identify_inner(state: &AppState, request: Request) -> Result<Answer, Ap
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 format!(
-                    "no answer from the model within {} s; retry shortly",
+                    "no answer from the model within {} s",
                     limits.inference_timeout.as_secs()
                 ),
-            ));
+            )
+            .retry_after(1));
         }
     };
     answer_from(state, &identified)
@@ -336,6 +396,34 @@ fn no_ranking() -> ApiError {
         "inference",
         "the classifier returned no label, or one it does not know",
     )
+}
+
+/// A cross-site form can POST `text/plain` without asking the server first
+/// (no CORS preflight), which would make a visitor's browser run the model;
+/// only the types a photo upload uses are accepted (a missing one neither:
+/// a `fetch` of a Blob without a type sends none, also without preflight).
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let accepted = essence.starts_with("image/")
+        || essence == "application/octet-stream"
+        || essence == "multipart/form-data";
+    if accepted {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            format!("Content-Type {essence:?}"),
+        ))
+    }
 }
 
 /// The image's bytes: the raw body, or the multipart field named `image`
@@ -460,35 +548,74 @@ fn body_too_large(max: usize) -> ApiError {
     )
 }
 
-/// Decodes in a blocking thread, at most `decoders` at once.
+/// Decodes in a blocking thread once the image's decode memory (read from
+/// its header) and a decoder are reserved.
 async fn decode(state: &AppState, bytes: Bytes) -> Result<Vec<f32>, ApiError> {
-    let permit = Arc::clone(&state.decoders)
-        .acquire_owned()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "shutting down",
-            )
-        })?;
     let config = verger_image::PreprocessConfig {
         max_pixels: state.limits.max_pixels,
+        // An image whose header does not tell its size may take this much.
+        max_alloc_bytes: state.budget.total_bytes().min(512 * 1024 * 1024),
         ..verger_image::PreprocessConfig::default()
     };
-    let decoded = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+    let need = verger_image::decode_need(&bytes, &config).map_err(image_error)?;
+    match decode_within(state, bytes.clone(), config.clone(), need.bytes).await? {
+        // libjpeg-turbo declined a JPEG, and the full decoder it fell back
+        // to needs more than the scaled decode reserved: reserve that, retry.
+        Err(verger_image::ImageError::OverMemoryLimit { .. })
+            if need.bytes < need.full_decode_bytes =>
+        {
+            let full = verger_image::PreprocessConfig {
+                scaled_jpeg_decode: false,
+                ..config
+            };
+            decode_within(state, bytes, full, need.full_decode_bytes).await?
+        }
+        decoded => decoded,
+    }
+    .map_err(image_error)
+}
+
+/// One decode holding `need` bytes of the budget, and no more: the decoder
+/// refuses to allocate past the reservation.
+async fn decode_within(
+    state: &AppState,
+    bytes: Bytes,
+    config: verger_image::PreprocessConfig,
+    need: u64,
+) -> Result<Result<Vec<f32>, verger_image::ImageError>, ApiError> {
+    let reservation = state.budget.reserve(need).await.map_err(budget_error)?;
+    let config = verger_image::PreprocessConfig {
+        max_alloc_bytes: need,
+        ..config
+    };
+    tokio::task::spawn_blocking(move || {
+        let _reservation = reservation;
         verger_image::preprocess(&bytes, &config)
     })
     .await
     .map_err(|panic| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "corrupt_image",
-            format!("the decoder failed: {panic}"),
+            "internal",
+            format!("the decoder thread failed: {panic}"),
         )
-    })?;
-    decoded.map_err(image_error)
+    })
+}
+
+fn budget_error(err: BudgetError) -> ApiError {
+    match err {
+        BudgetError::OverBudget { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "image_too_large",
+            err.to_string(),
+        ),
+        BudgetError::Busy { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            err.to_string(),
+        )
+        .retry_after(1),
+    }
 }
 
 fn image_error(err: verger_image::ImageError) -> ApiError {
@@ -503,38 +630,6 @@ fn image_error(err: verger_image::ImageError) -> ApiError {
         }
     };
     ApiError::new(status, kind, err.to_string())
-}
-
-/// An error answer: `{"error": "<message for a person>", "kind": "<tag>"}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        debug_assert!(
-            ERROR_KINDS.contains(&kind),
-            "{kind} missing from ERROR_KINDS"
-        );
-        ApiError {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(serde_json::json!({ "error": self.message, "kind": self.kind })),
-        )
-            .into_response()
-    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,22 @@ use crate::{Classify, Featurize, Identification};
 /// The classes of one image, best first: (label index, probability).
 pub type Ranking = Vec<(usize, f32)>;
 
+/// Why a batch got no answer. Every image of the batch gets the same one.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferenceError {
+    #[error("the feature model failed: {0}")]
+    Model(String),
+    #[error("the classifier failed: {0}")]
+    Classifier(String),
+    #[error("the classifier returned {rankings} rankings for {images} images")]
+    RankingCount { rankings: usize, images: usize },
+    #[error("inference panicked: {0}")]
+    Panicked(String),
+}
+
 pub struct Job {
     pub tensor: Vec<f32>,
-    pub reply: oneshot::Sender<Result<Identification, String>>,
+    pub reply: oneshot::Sender<Result<Identification, InferenceError>>,
     pub queued: Instant,
 }
 
@@ -83,7 +96,7 @@ pub async fn run(
             infer(model.as_ref(), classifier.as_ref(), &tensors, config.top_k)
         })
         .await
-        .unwrap_or_else(|panic| Err(format!("inference panicked: {panic}")));
+        .unwrap_or_else(|panic| Err(InferenceError::Panicked(panic.to_string())));
         metrics.batch_size.observe(n as f64);
         metrics
             .inference_seconds
@@ -101,6 +114,7 @@ pub async fn run(
             }
             Err(reason) => {
                 tracing::error!(batch = n, %reason, "inference failed");
+                // Each waiting request logs it again under its own request id.
                 for reply in replies {
                     let _ = reply.send(Err(reason.clone()));
                 }
@@ -114,16 +128,19 @@ fn infer(
     classifier: &dyn Classify,
     tensors: &[Vec<f32>],
     top_k: usize,
-) -> Result<Vec<Identification>, String> {
+) -> Result<Vec<Identification>, InferenceError> {
     let input: Vec<f32> = tensors.concat();
-    let features = model.features(&input, tensors.len())?;
-    let answers = classifier.identify(&features, top_k)?;
+    let features = model
+        .features(&input, tensors.len())
+        .map_err(InferenceError::Model)?;
+    let answers = classifier
+        .identify(&features, top_k)
+        .map_err(InferenceError::Classifier)?;
     if answers.len() != tensors.len() {
-        return Err(format!(
-            "classifier returned {} answers for {} images",
-            answers.len(),
-            tensors.len()
-        ));
+        return Err(InferenceError::RankingCount {
+            rankings: answers.len(),
+            images: tensors.len(),
+        });
     }
     Ok(answers)
 }

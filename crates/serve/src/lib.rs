@@ -25,8 +25,12 @@
 
 mod app;
 mod batcher;
+mod budget;
+mod error;
 pub mod fruit_info;
 mod metrics;
+mod page;
+mod server;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -34,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-pub use batcher::{BatchConfig, Ranking};
+pub use batcher::{BatchConfig, InferenceError, Ranking};
 pub use verger_classifier::{Identification, RejectReason, RejectRule};
 pub use verger_model::{EngineChoice, EngineConfig};
 
@@ -143,6 +147,21 @@ pub struct Limits {
     pub queue_capacity: usize,
     /// Images decoded at once (each in a blocking thread).
     pub decoders: usize,
+    /// Memory all decodes in progress may take together, bytes: each
+    /// reserves its image's need (from the header) before decoding.
+    pub decode_memory: u64,
+    /// Longest wait for room in the decode budget and a decoder (503 after).
+    pub decode_wait: Duration,
+    /// Longest time to receive a request head, counted from the moment the
+    /// connection waits for one (so also the idle keep-alive timeout); the
+    /// connection is closed after it.
+    pub header_timeout: Duration,
+    /// Connections open at once at most; more wait in the accept backlog.
+    pub max_connections: usize,
+    /// Requests being handled at once at most; more get 503 at once.
+    pub max_in_flight: usize,
+    /// After SIGTERM, how long requests in flight get to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -155,6 +174,12 @@ impl Default for Limits {
             inference_timeout: Duration::from_secs(30),
             queue_capacity: 256,
             decoders: cores,
+            decode_memory: 512 * 1024 * 1024,
+            decode_wait: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_in_flight: 128,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -229,20 +254,51 @@ impl Service {
         }
     }
 
-    /// Serves on `listener` until `shutdown` completes, then finishes the
-    /// requests in flight.
+    /// Serves every route on `listener` until `shutdown` completes, then
+    /// finishes the requests in flight.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        self.serve_split(listener, None, shutdown).await
+    }
+
+    /// Like [`Service::serve`], with `/healthz` and `/metrics` on `admin`
+    /// instead (when given), so that only the operator's network sees them.
+    pub async fn serve_split(
+        self,
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("listener address")?;
-        let router = app::router(self);
+        let limits = self.limits.clone();
+        let routers = app::routers(self, admin.is_some());
+        // One signal, heard by each listener's accept loop.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let admin_task = match (admin, routers.admin) {
+            (Some(admin), Some(router)) => {
+                let admin_addr = admin.local_addr().context("admin listener address")?;
+                tracing::info!(url = %format!("http://{admin_addr}"), "admin routes (/healthz, /metrics) listening");
+                let limits = limits.clone();
+                let stopped = stopped.clone();
+                Some(tokio::spawn(async move {
+                    server::serve(admin, router, &limits, stopped).await;
+                }))
+            }
+            _ => None,
+        };
         tracing::info!(url = %format!("http://{addr}"), "verger serve listening");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .with_context(|| format!("serving on {addr}"))
+        server::serve(listener, routers.public, &limits, stopped).await;
+        if let Some(task) = admin_task {
+            task.await.context("the admin listener's task failed")?;
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub queue_wait_seconds: prometheus::Histogram,
     /// Images waiting for a batch right now.
     pub queue_depth: IntGauge,
+    /// Bytes of the decode-memory budget reserved right now.
+    pub decode_memory_reserved: IntGauge,
 }
 
 impl Metrics {
@@ -79,6 +81,11 @@ impl Metrics {
         .expect("valid metric");
         let queue_depth = IntGauge::new("verger_queue_depth", "Images waiting for a batch")
             .expect("valid metric");
+        let decode_memory_reserved = IntGauge::new(
+            "verger_decode_memory_reserved_bytes",
+            "Bytes of the decode-memory budget reserved by decodes in progress",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -87,6 +94,7 @@ impl Metrics {
             Box::new(inference_seconds.clone()),
             Box::new(queue_wait_seconds.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(decode_memory_reserved.clone()),
         ] {
             registry
                 .register(collector)
@@ -101,6 +109,7 @@ impl Metrics {
             inference_seconds,
             queue_wait_seconds,
             queue_depth,
+            decode_memory_reserved,
         }
     }
 

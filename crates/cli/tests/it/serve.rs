@@ -88,6 +88,15 @@ impl Server {
         reply(client().get(format!("{}{path}", self.base)).call())
     }
 
+    fn addr(&self) -> std::net::SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// The service's peak resident memory so far (VmHWM), MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        verger_bench::hostile::peak_rss_mib(self.child.id()).expect("/proc/PID/status")
+    }
+
     pub(crate) fn post(&self, content_type: &str, body: &[u8]) -> Reply {
         reply(
             client()
@@ -129,14 +138,29 @@ pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) json: serde_json::Value,
     pub(crate) text: String,
+    pub(crate) headers: ureq::http::HeaderMap,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map_or("", |v| v.to_str().unwrap_or(""))
+    }
 }
 
 fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
     let mut response = result.expect("an HTTP answer");
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let text = response.body_mut().read_to_string().unwrap();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    Reply { status, json, text }
+    Reply {
+        status,
+        json,
+        text,
+        headers,
+    }
 }
 
 /// The first photo of every label in the sample's `Test/`.
@@ -251,7 +275,13 @@ fn serve_identifies_sample_photos_and_refuses_bad_requests() {
         (
             "text/plain",
             b"these are not the pixels you are looking for".to_vec(),
-            &[415, 400],
+            &[415],
+            "unsupported_content_type",
+        ),
+        (
+            "application/octet-stream",
+            b"these are not the pixels you are looking for".to_vec(),
+            &[415],
             "not_an_image",
         ),
         (
@@ -290,6 +320,12 @@ fn serve_identifies_sample_photos_and_refuses_bad_requests() {
     }
     let r = server.get("/v1/nothing-here");
     assert_eq!(r.status, 404, "{}", r.text);
+    assert!(
+        !r.text.contains("nothing-here"),
+        "404 echoes the path: {}",
+        r.text
+    );
+    assert!(r.json["request_id"].is_string(), "{}", r.text);
     let r = server.get("/v1/identify");
     assert_eq!(r.status, 405, "{}", r.text);
 
@@ -388,6 +424,14 @@ fn serve_page_identifies_a_photo_in_headless_chromium() {
         .into_iter()
         .find(|(l, _)| l == "Banana")
         .unwrap();
+    // The page's security headers (its script runs under this policy below).
+    let page = server.get("/");
+    let csp = page.header("content-security-policy");
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    assert_eq!(page.header("referrer-policy"), "no-referrer");
     let tmp = tempfile::tempdir().unwrap();
     let screenshot = tmp.path().join("serve.png");
     let output = std::process::Command::new(python())
@@ -426,4 +470,161 @@ fn serve_page_identifies_a_photo_in_headless_chromium() {
     // Phone-sized: nothing wider than the 390 px viewport.
     assert!(shown["page_width"].as_u64().unwrap() <= 390, "{shown}");
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 5_000);
+}
+
+/// Opens a connection that sends half a request head and then nothing.
+fn stalled_connection(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"POST /v1/identify HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .unwrap();
+    stream
+}
+
+/// Reads until the service closes the connection (a generous read timeout
+/// only keeps a broken service from hanging the test); returns what came.
+fn read_until_closed(mut stream: std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the service kept the connection open: {e}"),
+        }
+    }
+}
+
+#[test]
+fn serve_closes_stalled_connections_while_answering_normal_requests() {
+    // Fewer connection slots than stalled clients: the normal request below
+    // only gets one once the header timeout has closed stalled ones.
+    let server = Server::start(&["--header-timeout", "1", "--max-connections", "8"]);
+    let stalled: Vec<_> = (0..12).map(|_| stalled_connection(server.addr())).collect();
+    let silent = std::net::TcpStream::connect(server.addr()).unwrap();
+    let (_, photo) = one_test_photo_per_label().swap_remove(0);
+    let r = server.post("image/jpeg", &std::fs::read(&photo).unwrap());
+    assert_eq!(r.status, 200, "{}", r.text);
+    for stream in stalled.into_iter().chain([silent]) {
+        let got = read_until_closed(stream);
+        assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // A kept-alive connection left idle after its answer is closed too.
+    let mut idle = std::net::TcpStream::connect(server.addr()).unwrap();
+    std::io::Write::write_all(&mut idle, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let got = read_until_closed(idle);
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
+#[test]
+fn serve_stops_on_sigterm_without_waiting_for_stalled_connections() {
+    // Timeouts far longer than the test's patience: only closing the
+    // stalled connections at shutdown lets the process exit in time.
+    let mut server = Server::start(&["--header-timeout", "3600", "--timeout", "3600"]);
+    let stalled: Vec<_> = (0..5).map(|_| stalled_connection(server.addr())).collect();
+    assert_eq!(server.get("/healthz").status, 200);
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    while !server.child.finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still running 60 s after SIGTERM:\n{}",
+            server.child.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for stream in stalled {
+        read_until_closed(stream);
+    }
+    assert!(server.child.stderr().contains("shutting down"));
+}
+
+#[test]
+fn serve_survives_a_decompression_bomb_flood_with_bounded_memory() {
+    const BUDGET_MIB: f64 = 100.0;
+    let server = Server::start(&[
+        "--decode-memory",
+        "100MiB",
+        "--decoders",
+        "16",
+        "--decode-wait",
+        "0",
+    ]);
+    let (label, photo) = one_test_photo_per_label().swap_remove(0);
+    let jpeg = std::fs::read(&photo).unwrap();
+    assert_eq!(server.post("image/jpeg", &jpeg).status, 200);
+    let before = server.peak_rss_mib();
+
+    // 7,900² RGB needs 187 MB: over the whole budget, refused at once.
+    let huge = verger_bench::hostile::bomb_png(7900).unwrap();
+    assert!(huge.len() < 1_500_000, "{} bytes", huge.len());
+    let r = server.post("image/png", &huge);
+    assert_eq!(
+        (r.status, r.json["kind"].as_str()),
+        (413, Some("image_too_large")),
+        "{}",
+        r.text
+    );
+    // 5,000² needs 75 MB: one at a time fits; 16 at once do not.
+    let bomb = verger_bench::hostile::bomb_png(5000).unwrap();
+    let start = std::sync::Barrier::new(16);
+    let replies: Vec<Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    server.post("image/png", &bomb)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let busy = replies
+        .iter()
+        .find(|r| r.status == 503)
+        .expect("a 503 in the flood");
+    assert_eq!(busy.header("retry-after"), "1");
+    assert_eq!(busy.json["kind"], "overloaded", "{}", busy.text);
+
+    // Still up, still right, and its memory grew by at most the budget
+    // (16 decodes at once would have taken 1.2 GB).
+    let r = server.post("image/jpeg", &jpeg);
+    assert_eq!(
+        (r.status, r.json["label"].as_str()),
+        (200, Some(label.as_str())),
+        "{}",
+        r.text
+    );
+    let after = server.peak_rss_mib();
+    assert!(
+        after < before + BUDGET_MIB + 60.0,
+        "peak RSS {before:.0} → {after:.0} MiB with a {BUDGET_MIB} MiB decode budget"
+    );
+    assert_eq!(
+        server.metric("verger_decode_memory_reserved_bytes"),
+        0.0,
+        "every reservation returned"
+    );
 }

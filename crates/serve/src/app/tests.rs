@@ -85,6 +85,7 @@ fn limits() -> Limits {
         inference_timeout: Duration::from_secs(5),
         queue_capacity: 64,
         decoders: 2,
+        ..Limits::default()
     }
 }
 
@@ -155,6 +156,15 @@ struct Reply {
     json: serde_json::Value,
     text: String,
     allow: Option<String>,
+    headers: ureq::http::HeaderMap,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map_or("", |v| v.to_str().unwrap_or(""))
+    }
 }
 
 fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
@@ -164,6 +174,7 @@ fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply
         .headers()
         .get("allow")
         .map(|v| v.to_str().unwrap().to_string());
+    let headers = response.headers().clone();
     let text = response.body_mut().read_to_string().unwrap();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     Reply {
@@ -171,6 +182,7 @@ fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply
         json,
         text,
         allow,
+        headers,
     }
 }
 
@@ -332,6 +344,12 @@ fn bad_requests_get_clear_errors_and_the_server_carries_on() {
             "text/plain",
             b"this is not a photo".to_vec(),
             415,
+            "unsupported_content_type",
+        ),
+        (
+            "image/png",
+            b"this is not a photo".to_vec(),
+            415,
             "not_an_image",
         ),
         ("image/png", Vec::new(), 400, "empty_body"),
@@ -483,5 +501,78 @@ fn page_health_and_metrics() {
         metrics
             .text
             .contains("# TYPE verger_http_requests_total counter")
+    );
+}
+
+#[test]
+fn errors_are_generic_with_a_request_id_and_never_echo_the_path() {
+    let server = start(limits(), Duration::ZERO);
+    let r = get(&server, "/probe-4f1c/admin.php");
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(!r.text.contains("probe-4f1c"), "path echoed: {}", r.text);
+    let id = r.header("x-request-id");
+    assert_eq!(id.len(), 32, "{:?}", r.headers);
+    assert_eq!(r.json["request_id"], id, "{}", r.text);
+    // A corrupt image: the decoder's words stay in the log.
+    let r = post(&server, "image/png", &png(64, 64, [1, 2, 3])[..60]);
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(
+        r.json["error"], "the image is corrupt or truncated",
+        "{}",
+        r.text
+    );
+    assert_ne!(r.json["request_id"], id, "each request has its own id");
+    // Success answers carry an id too.
+    let r = post(&server, "image/png", &png(20, 20, [200, 0, 0]));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-request-id").len(), 32);
+}
+
+#[test]
+fn an_image_needing_more_than_the_whole_decode_budget_gets_413() {
+    let tight = Limits {
+        decode_memory: 1024 * 1024,
+        ..limits()
+    };
+    let server = start(tight, Duration::ZERO);
+    // 1000 × 1000 RGB: 3 MB decoded, over the 1 MiB budget.
+    let r = post(&server, "image/png", &png(1000, 1000, [10, 200, 10]));
+    assert_eq!(
+        (r.status, r.json["kind"].as_str()),
+        (413, Some("image_too_large")),
+        "{}",
+        r.text
+    );
+    // A small one fits, and the budget is back to zero afterwards.
+    let r = post(&server, "image/png", &png(100, 100, [10, 200, 10]));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let metrics = get(&server, "/metrics").text;
+    assert!(
+        metrics.contains("verger_decode_memory_reserved_bytes 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn security_headers_on_the_page_and_the_api() {
+    let server = start(limits(), Duration::ZERO);
+    let page = get(&server, "/");
+    let csp = page.header("content-security-policy");
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    for r in [&page, &get(&server, "/healthz"), &get(&server, "/nothing")] {
+        assert_eq!(r.header("x-content-type-options"), "nosniff");
+        assert_eq!(r.header("referrer-policy"), "no-referrer");
+        assert_eq!(r.header("x-frame-options"), "DENY");
+        assert!(
+            r.header("content-security-policy")
+                .contains("frame-ancestors 'none'")
+        );
+    }
+    let api = get(&server, "/healthz");
+    assert_eq!(
+        api.header("content-security-policy"),
+        "default-src 'none'; frame-ancestors 'none'"
     );
 }
