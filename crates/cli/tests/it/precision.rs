@@ -8,7 +8,9 @@ use std::sync::LazyLock;
 use crate::classifier::{TRAINED, evaluate, train};
 use crate::sample::{FEATURE_DIM, sample_run};
 use crate::support::output::read_json;
-use crate::support::{RunDir, Verger, dataset_dir, model_path, repo_root, sha256_file, tempdir};
+use crate::support::{
+    RunDir, Verger, cosine, dataset_dir, model_path, repo_root, sha256_file, tempdir,
+};
 
 /// The int8 model's sha256 with the pinned tools/requirements.txt.
 const INT8_SHA256: &str = "2f7c54fbdb4a2af7db396bec647255d170ba7496d32deaae2f7310b6fd585077";
@@ -35,17 +37,6 @@ static INT8_RUN: LazyLock<Int8Run> = LazyLock::new(|| {
     let run = RunDir::read(&out);
     Int8Run { dir, run }
 });
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        dot += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    dot / (aa.sqrt() * bb.sqrt())
-}
 
 #[test]
 fn int8_run_records_its_precision_and_keeps_the_features_of_fp32() {

@@ -9,6 +9,8 @@
 
 use verger_bench::photos as phone;
 
+use crate::support::cosine;
+
 use verger_image::{PreprocessConfig, TENSOR_LEN, decode_rgb, preprocess};
 use verger_model::{EngineChoice, EngineConfig, FEATURE_DIM, SharedModel};
 
@@ -156,15 +158,4 @@ fn make_case(
         scaled,
         full,
     }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        dot += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    dot / (aa.sqrt() * bb.sqrt())
 }
