@@ -76,7 +76,9 @@ use std::path::PathBuf;
 pub use evaluate::{
     ClassMetrics, EVALUATION_FORMAT, EVALUATION_VERSION, Evaluation, KnnBaseline, evaluate,
 };
-pub use features::{FeatureTable, feature_model_sha256, in_split, read_features};
+pub use features::{
+    FeatureTable, ViewRows, feature_model_sha256, in_split, read_features, read_views,
+};
 pub use folds::scene_folds;
 pub use knn::Knn;
 pub use model::{
@@ -87,7 +89,7 @@ pub use rejection::{
     FruitMassGate, MaxSoftmax, NEGATIVE_CLASS, NegativesClass, OperatingPoint, RejectReason,
     RejectRule, Rejection, keep_threshold,
 };
-pub use train::{TrainConfig, train};
+pub use train::{TrainConfig, TrainingViews, train, train_with_views};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClassifierError {
@@ -128,10 +130,30 @@ pub async fn train_on_output(
 ) -> Result<Classifier, ClassifierError> {
     let split = config.split.as_str();
     let negatives = config.negatives.as_deref();
-    let table = read_features(features, &|path| {
-        in_split(path, split) || negatives.is_some_and(|n| in_split(path, n))
-    })
-    .await?;
+    let keep = |path: &str| in_split(path, split) || negatives.is_some_and(|n| in_split(path, n));
+    if let Some(views) = read_views(features, &keep).await? {
+        let averaged = match config.average_views.is_empty() {
+            true => views.names.clone(),
+            false => config.average_views.clone(),
+        };
+        let table = views.averaged(&averaged)?;
+        tracing::info!(
+            images = table.len(),
+            view_rows = views.rows.len(),
+            averaged = averaged.len(),
+            split,
+            ?negatives,
+            "training on views"
+        );
+        let fruit_mass = fruit_masses(&table, head)?;
+        let training = TrainingViews {
+            rows: &views.rows,
+            photo: views.photo_of_rows(),
+            averaged,
+        };
+        return train_with_views(&table, &fruit_mass, Some(&training), config);
+    }
+    let table = read_features(features, &keep).await?;
     tracing::info!(
         images = table.len(),
         split,
@@ -140,6 +162,30 @@ pub async fn train_on_output(
     );
     let fruit_mass = fruit_masses(&table, head)?;
     train(&table, &fruit_mass, config)
+}
+
+/// The rows `classifier` scores for the photos of `features` that `keep`
+/// accepts: each photo's features, or the mean of the views it was trained
+/// to average (which the run must have).
+pub async fn read_photos_for(
+    classifier: &Classifier,
+    features: &verger_store::Location,
+    keep: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<FeatureTable, ClassifierError> {
+    if classifier.views().is_empty() {
+        return read_features(features, keep).await;
+    }
+    match read_views(features, keep).await? {
+        Some(views) => views.averaged(classifier.views()),
+        None => Err(ClassifierError::Features {
+            location: features.display_root().to_string(),
+            reason: format!(
+                "the classifier averages {} views of each photo, but this run has no views/: \
+                 make it with `verger run --views serving` (or training)",
+                classifier.views().len()
+            ),
+        }),
+    }
 }
 
 /// Every row's ImageNet fruit mass.
@@ -174,7 +220,7 @@ pub async fn evaluate_on_output(
 ) -> Result<Evaluation, ClassifierError> {
     classifier.check_feature_model(&feature_model_sha256(features).await?)?;
     let train_split = classifier.training().split.clone();
-    let table = read_features(features, &|path| {
+    let table = read_photos_for(classifier, features, &|path| {
         in_split(path, test_split)
             || in_split(path, &train_split)
             || not_fruit.is_some_and(|n| in_split(path, n))

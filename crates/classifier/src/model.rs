@@ -48,6 +48,9 @@ pub struct TrainingInfo {
     pub trained_at: String,
     /// verger version that trained it.
     pub verger: String,
+    /// Extra training rows from `verger run --views` (0: one row per image).
+    #[serde(default)]
+    pub view_rows: usize,
 }
 
 /// `classifier.json`, field for field.
@@ -63,6 +66,10 @@ struct ClassifierFile {
     bias: Vec<f32>,
     training: TrainingInfo,
     rejection: Rejection,
+    /// The views whose features are averaged into one photo's vector
+    /// (names as `verger run --views` writes them); absent: the whole photo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    views: Vec<String>,
 }
 
 /// A trained multinomial logistic regression over feature vectors.
@@ -77,6 +84,7 @@ pub struct Classifier {
     bias: Vec<f32>,
     training: TrainingInfo,
     rejection: Rejection,
+    views: Vec<String>,
 }
 
 /// One photo's answer: its ranked fruit labels (always), and why it gets
@@ -112,6 +120,7 @@ impl Classifier {
             bias,
             training,
             rejection,
+            views: Vec::new(),
         };
         Self::from_file(file)
     }
@@ -231,6 +240,7 @@ impl Classifier {
             bias: file.bias,
             training: file.training,
             rejection: file.rejection,
+            views: file.views,
         })
     }
 
@@ -262,6 +272,7 @@ impl Classifier {
             bias: self.bias.clone(),
             training: self.training.clone(),
             rejection: self.rejection.clone(),
+            views: self.views.clone(),
         };
         serde_json::to_vec(&file).expect("a classifier always serialises")
     }
@@ -284,6 +295,17 @@ impl Classifier {
 
     pub fn rejection(&self) -> &Rejection {
         &self.rejection
+    }
+
+    /// The views (names as `verger run --views` writes them) whose features
+    /// are averaged into the vector this classifier scores; empty: the
+    /// whole photo's features alone.
+    pub fn views(&self) -> &[String] {
+        &self.views
+    }
+
+    pub(crate) fn set_views(&mut self, views: Vec<String>) {
+        self.views = views;
     }
 
     pub(crate) fn set_training_outcome(

@@ -40,6 +40,10 @@ pub struct TrainConfig {
     pub fruit_mass_pass: f64,
     /// Scene-grouped folds of the calibration.
     pub folds: usize,
+    /// When the run has views (`verger run --views`): the views averaged
+    /// into one photo's vector, at calibration, evaluation and serving
+    /// (empty: all of the run's views).
+    pub average_views: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -53,6 +57,7 @@ impl Default for TrainConfig {
             answer_fraction: 0.90,
             fruit_mass_pass: 0.98,
             folds: 5,
+            average_views: Vec::new(),
         }
     }
 }
@@ -68,11 +73,33 @@ const MEMORY: usize = 10;
 /// Standardised training rows and their classes: the fruit labels
 /// (sorted) first, then the negatives class when there is one.
 pub(crate) struct TrainingRows {
+    /// One row per photo, as the classifier will score it.
     pub z: Array2<f64>,
+    /// Each photo's class.
     pub targets: Vec<usize>,
     pub fruit_labels: Vec<String>,
     /// Index of the negatives class (= fruit_labels.len()), if any rows have it.
     pub negative: Option<usize>,
+    /// With views: the rows the regression is fitted on instead of `z`.
+    pub views: Option<ViewFitRows>,
+}
+
+/// Standardised view rows (`verger run --views`) and each one's photo
+/// (a row of [`TrainingRows::z`]).
+pub(crate) struct ViewFitRows {
+    pub z: Array2<f64>,
+    pub photo: Vec<usize>,
+}
+
+/// Extra training rows: views of the photos of the table being trained on.
+pub struct TrainingViews<'a> {
+    /// One row per (photo, view).
+    pub rows: &'a FeatureTable,
+    /// Each row's photo, as a row index of the table.
+    pub photo: Vec<usize>,
+    /// The views averaged into each photo's row of the table (recorded in
+    /// `classifier.json`, so that serving averages the same).
+    pub averaged: Vec<String>,
 }
 
 impl TrainingRows {
@@ -89,11 +116,37 @@ pub fn train(
     fruit_mass: &[f32],
     config: &TrainConfig,
 ) -> Result<Classifier, ClassifierError> {
+    train_with_views(table, fruit_mass, None, config)
+}
+
+/// [`train`], fitted on `views` (every view of every photo) when given;
+/// `table` then holds each photo's averaged views, which calibration
+/// scores out of fold, exactly as serving will.
+pub fn train_with_views(
+    table: &FeatureTable,
+    fruit_mass: &[f32],
+    views: Option<&TrainingViews>,
+    config: &TrainConfig,
+) -> Result<Classifier, ClassifierError> {
     let started = Instant::now();
     check_config(table, fruit_mass, config)?;
     let classes_of = class_names(table, config);
-    let standardize = standardization(table);
-    let rows = training_rows(table, &classes_of, &standardize, config)?;
+    let standardize = standardization(views.map_or(table, |v| v.rows));
+    let mut rows = training_rows(table, &classes_of, &standardize, config)?;
+    if let Some(views) = views {
+        if views.photo.len() != views.rows.len() || views.photo.iter().any(|&p| p >= table.len()) {
+            return Err(ClassifierError::Shape(format!(
+                "{} view rows with {} photo indices for {} photos",
+                views.rows.len(),
+                views.photo.len(),
+                table.len()
+            )));
+        }
+        rows.views = Some(ViewFitRows {
+            z: standardized(views.rows, &standardize),
+            photo: views.photo.clone(),
+        });
+    }
     tracing::info!(
         images = table.len(),
         labels = rows.fruit_labels.len(),
@@ -109,6 +162,9 @@ pub fn train(
     let fit = fit(&rows, &all, config);
     let rejection = crate::calibrate::calibrate(&rows, fruit_mass, config, &fit)?;
     let mut classifier = assemble(table, &rows, standardize, &fit, rejection, config)?;
+    if let Some(views) = views {
+        classifier.set_views(views.averaged.clone());
+    }
     // What the saved (f32) classifier achieves on its own training fruit images.
     let fruit: Vec<usize> = (0..table.len())
         .filter(|&i| Some(rows.targets[i]) != rows.negative)
@@ -230,27 +286,55 @@ fn training_rows(
                 .expect("a class")
         })
         .collect();
-    let (n, dim) = (table.len(), table.dim);
-    let mut z = Array2::<f64>::zeros((n, dim));
+    Ok(TrainingRows {
+        z: standardized(table, standardize),
+        targets,
+        fruit_labels,
+        negative,
+        views: None,
+    })
+}
+
+/// Every row of `table`, standardised.
+fn standardized(table: &FeatureTable, standardize: &Standardize) -> Array2<f64> {
+    let mut z = Array2::<f64>::zeros((table.len(), table.dim));
     for (i, mut out) in z.rows_mut().into_iter().enumerate() {
         for (j, x) in table.row(i).iter().enumerate() {
             out[j] =
                 (f64::from(*x) - f64::from(standardize.mean[j])) / f64::from(standardize.std[j]);
         }
     }
-    Ok(TrainingRows {
-        z,
-        targets,
-        fruit_labels,
-        negative,
-    })
+    z
 }
 
-/// Fits the regression on the rows `subset` of `rows`.
+/// Fits the regression on the photos `subset` of `rows` (on their view
+/// rows, when there are views).
 pub(crate) fn fit(rows: &TrainingRows, subset: &[usize], config: &TrainConfig) -> Fit {
+    let (z, targets) = match &rows.views {
+        None => (
+            rows.z.select(Axis(0), subset),
+            subset.iter().map(|&i| rows.targets[i]).collect(),
+        ),
+        Some(views) => {
+            let mut chosen = vec![false; rows.targets.len()];
+            for &i in subset {
+                chosen[i] = true;
+            }
+            let picked: Vec<usize> = (0..views.photo.len())
+                .filter(|&r| chosen[views.photo[r]])
+                .collect();
+            (
+                views.z.select(Axis(0), &picked),
+                picked
+                    .iter()
+                    .map(|&r| rows.targets[views.photo[r]])
+                    .collect(),
+            )
+        }
+    };
     let objective = Objective {
-        z: rows.z.select(Axis(0), subset),
-        targets: subset.iter().map(|&i| rows.targets[i]).collect(),
+        z,
+        targets,
         classes: rows.classes(),
         lambda: config.regularisation,
     };
@@ -305,6 +389,7 @@ fn assemble(
         seconds: 0.0,
         trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         verger: env!("CARGO_PKG_VERSION").into(),
+        view_rows: rows.views.as_ref().map_or(0, |v| v.photo.len()),
     };
     Classifier::new(
         rows.fruit_labels.clone(),

@@ -136,6 +136,7 @@ pub fn train(args: TrainArgs, runtime: tokio::runtime::Runtime) -> anyhow::Resul
         negatives: args.negatives,
         answer_fraction: args.answer_fraction,
         fruit_mass_pass: args.fruit_mass_pass,
+        average_views: verger_image::views::ViewSet::Serving.names(),
         ..TrainConfig::default()
     };
     let features = Location::parse(&args.features)?;
@@ -164,10 +165,17 @@ pub fn train(args: TrainArgs, runtime: tokio::runtime::Runtime) -> anyhow::Resul
     );
     let t = classifier.training();
     println!(
-        "verger: trained on {} {} images, {} labels ({}-d features of model {}…): \
+        "verger: trained on {} {} images{}, {} labels ({}-d features of model {}…): \
          training accuracy {:.4}, loss {:.4}, in {:.1}s -> {}",
         t.images,
         t.split,
+        match t.view_rows {
+            0 => String::new(),
+            rows => format!(
+                " ({rows} view rows; each photo scored as the mean of {} views)",
+                classifier.views().len()
+            ),
+        },
         classifier.labels().len(),
         classifier.feature_dim(),
         verger_classifier::sha_prefix(classifier.feature_model_sha256()),

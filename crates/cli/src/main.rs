@@ -238,6 +238,13 @@ struct RunArgs {
     /// on a cluster the executors must hold the same file
     #[arg(long, default_value = "fp32")]
     precision: verger_model::Precision,
+    /// Also featurize views of every photo: crops and mirror images, decoded once. `training`
+    /// makes 22 (the whole photo, 5 crops at 60 % and 5 at 50 % of each side, each also
+    /// mirrored), `serving` the 12 that `verger serve` averages. They go to `views/` (path,
+    /// label, view, features), one row per view, never into `features/`; `verger train`
+    /// trains on them and `verger evaluate` averages them. Costs one inference per view
+    #[arg(long, value_name = "SET")]
+    views: Option<verger_image::views::ViewSet>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -388,6 +395,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     config.checkpoint_every = args.checkpoint_every;
     config.max_errors = args.max_errors;
     config.max_pixels = args.max_pixels;
+    config.views = args.views;
     config.progress = args.progress.into();
     config.model = args.model.model;
     config.precision = args.precision;

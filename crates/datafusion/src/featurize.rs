@@ -18,6 +18,7 @@ use datafusion::logical_expr::{
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use verger_image::views::{View, ViewSet};
 use verger_image::{ImageError, PreprocessConfig, TENSOR_LEN};
 use verger_model::{FEATURE_DIM, SharedModel};
 use verger_output::FailureKind;
@@ -40,6 +41,10 @@ pub struct FeaturizeOptions {
     /// The sha256 of the model the run was started with: a process holding
     /// another model refuses to featurize (empty: no check).
     pub model_sha256: String,
+    /// `--views`: also featurize these views of every photo (marked rows
+    /// of `views/`, never mixed into `features/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<ViewSet>,
 }
 
 impl FeaturizeOptions {
@@ -56,8 +61,9 @@ impl FeaturizeOptions {
 }
 
 /// `struct<features: list<float32>, error_stage: utf8, error_kind: utf8,
-/// error_reason: utf8>`: exactly one of `features` and `error_*` is set on
-/// each row; `error_kind` is a [`FailureKind`].
+/// error_reason: utf8, views: list<float32>>`: exactly one of `features`
+/// and `error_*` is set on each row; `error_kind` is a [`FailureKind`];
+/// `views` (every view's features back to back) only with `--views`.
 pub fn featurize_result_type() -> DataType {
     DataType::Struct(result_fields())
 }
@@ -72,6 +78,11 @@ fn result_fields() -> Fields {
         Field::new("error_stage", DataType::Utf8, true),
         Field::new("error_kind", DataType::Utf8, true),
         Field::new("error_reason", DataType::Utf8, true),
+        Field::new(
+            "views",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+            true,
+        ),
     ])
 }
 
@@ -154,21 +165,73 @@ impl FeaturizeContext {
 
     /// The plain-Rust heart of the function: bytes (or a read failure) in,
     /// features (or a failure) out, in the same order.
+    ///
+    /// Decoding and inference overlap: a scoped thread decodes the batch
+    /// chunk by chunk while this one runs the model on the chunk before, so
+    /// on large photos the model is not idle while a core decodes. With
+    /// `views`, each photo is decoded once and every view goes through the
+    /// model; its features are those of the first view (the whole photo).
     pub fn featurize_batch(
         &self,
         inputs: Vec<std::result::Result<bytes::Bytes, Failure>>,
         preprocess: &PreprocessConfig,
-    ) -> Vec<std::result::Result<Vec<f32>, Failure>> {
-        let decode_started = Instant::now();
-        let mut tensor = Vec::with_capacity(inputs.len() * TENSOR_LEN);
-        let mut outcomes: Vec<std::result::Result<usize, Failure>> =
-            Vec::with_capacity(inputs.len());
+        views: Option<ViewSet>,
+    ) -> Vec<std::result::Result<Featurized, Failure>> {
+        let views = views.map(ViewSet::views).unwrap_or_else(|| {
+            vec![View {
+                crop: None,
+                mirrored: false,
+            }]
+        });
+        let per_image = views.len();
+        let images_per_chunk = (CHUNK_TENSORS / per_image).max(1);
+        let mut inputs = inputs.into_iter().peekable();
+        let mut results = Vec::new();
+        std::thread::scope(|scope| {
+            // One decoded chunk waits while the next is being decoded.
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedChunk>(1);
+            let views = &views;
+            let decoder = scope.spawn(move || {
+                while inputs.peek().is_some() {
+                    let chunk: Vec<_> = inputs.by_ref().take(images_per_chunk).collect();
+                    if sender
+                        .send(self.decode_chunk(chunk, preprocess, views))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            for chunk in receiver {
+                results.extend(self.infer_chunk(chunk, per_image));
+            }
+            decoder.join().expect("the decode thread does not panic");
+        });
+        results
+    }
+
+    fn decode_chunk(
+        &self,
+        inputs: Vec<std::result::Result<bytes::Bytes, Failure>>,
+        preprocess: &PreprocessConfig,
+        views: &[View],
+    ) -> DecodedChunk {
+        let started = Instant::now();
+        let per_image = views.len() * TENSOR_LEN;
+        let mut tensor = Vec::with_capacity(inputs.len() * per_image);
+        let mut outcomes = Vec::with_capacity(inputs.len());
         let mut slots = 0;
         for input in inputs {
             let outcome = input.and_then(|bytes| {
                 let start = tensor.len();
-                tensor.resize(start + TENSOR_LEN, 0.0);
-                match verger_image::preprocess_into(&bytes, preprocess, &mut tensor[start..]) {
+                tensor.resize(start + per_image, 0.0);
+                let out = &mut tensor[start..];
+                let decoded = if views.len() == 1 && views[0].crop.is_none() && !views[0].mirrored {
+                    verger_image::preprocess_into(&bytes, preprocess, out)
+                } else {
+                    verger_image::views::preprocess_views_into(&bytes, preprocess, views, out)
+                };
+                match decoded {
                     Ok(()) => {
                         slots += 1;
                         Ok(slots - 1)
@@ -181,27 +244,70 @@ impl FeaturizeContext {
             });
             outcomes.push(outcome);
         }
-        let decode_time = decode_started.elapsed();
+        let decode_time = started.elapsed();
         record(&self.metrics, |m| {
             StageMetrics::add(&m.decode_ns, decode_time)
         });
+        DecodedChunk {
+            tensor,
+            outcomes,
+            images: slots,
+        }
+    }
 
-        let (features, inference_time) = self.model.features_timed(&tensor, slots);
+    fn infer_chunk(
+        &self,
+        chunk: DecodedChunk,
+        per_image: usize,
+    ) -> Vec<std::result::Result<Featurized, Failure>> {
+        let (features, inference_time) = self
+            .model
+            .features_timed(&chunk.tensor, chunk.images * per_image);
         record(&self.metrics, |m| {
             StageMetrics::add(&m.infer_ns, inference_time);
             m.batches.fetch_add(1, Ordering::Relaxed);
         });
-        outcomes
+        let width = per_image * FEATURE_DIM;
+        chunk
+            .outcomes
             .into_iter()
             .map(|outcome| {
                 let slot = outcome?;
                 match &features {
-                    Ok(all) => Ok(all[slot * FEATURE_DIM..(slot + 1) * FEATURE_DIM].to_vec()),
+                    Ok(all) => {
+                        let mine = &all[slot * width..(slot + 1) * width];
+                        Ok(Featurized {
+                            features: mine[..FEATURE_DIM].to_vec(),
+                            views: (per_image > 1).then(|| mine.to_vec()),
+                        })
+                    }
                     Err(e) => Err((FailureKind::InferenceFailed, e.to_string())),
                 }
             })
             .collect()
     }
+}
+
+/// Tensors per inference call inside one batch: small enough that decoding
+/// the next chunk overlaps the model's work on this one.
+const CHUNK_TENSORS: usize = 8;
+
+/// One chunk of a batch, decoded: the tensors of the images that decoded,
+/// and each image's slot among them (or why it failed).
+struct DecodedChunk {
+    tensor: Vec<f32>,
+    outcomes: Vec<std::result::Result<usize, Failure>>,
+    images: usize,
+}
+
+/// What `featurize` makes of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Featurized {
+    /// The whole photo's features.
+    pub features: Vec<f32>,
+    /// With views: every view's features, back to back in the view set's
+    /// order (the first is `features`).
+    pub views: Option<Vec<f32>>,
 }
 
 fn short(sha: &str) -> &str {
@@ -308,7 +414,7 @@ impl ScalarUDFImpl for FeaturizeUdf {
             m.read_bytes.fetch_add(read_bytes as u64, Ordering::Relaxed);
         });
 
-        let results = context.featurize_batch(reads, &options.preprocess());
+        let results = context.featurize_batch(reads, &options.preprocess(), options.views);
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
         let featurized = results.len() as u64 - failed;
         record(&context.metrics, |m| {
@@ -350,25 +456,34 @@ fn read_all(
     Ok(tokio::task::block_in_place(|| handle.block_on(fetch)))
 }
 
-fn to_struct(results: Vec<std::result::Result<Vec<f32>, Failure>>) -> ArrayRef {
+fn to_struct(results: Vec<std::result::Result<Featurized, Failure>>) -> ArrayRef {
     let mut features = ListBuilder::with_capacity(
         Float32Builder::with_capacity(results.len() * FEATURE_DIM),
         results.len(),
     );
+    let mut views = ListBuilder::new(Float32Builder::new());
     let mut stages = StringBuilder::new();
     let mut kinds = StringBuilder::new();
     let mut reasons = StringBuilder::new();
     for result in &results {
         match result {
-            Ok(values) => {
-                features.values().append_slice(values);
+            Ok(featurized) => {
+                features.values().append_slice(&featurized.features);
                 features.append(true);
+                match &featurized.views {
+                    Some(all) => {
+                        views.values().append_slice(all);
+                        views.append(true);
+                    }
+                    None => views.append(false),
+                }
                 stages.append_null();
                 kinds.append_null();
                 reasons.append_null();
             }
             Err((kind, reason)) => {
                 features.append(false);
+                views.append(false);
                 stages.append_value(kind.stage().as_str());
                 kinds.append_value(kind.as_str());
                 reasons.append_value(reason);
@@ -380,6 +495,7 @@ fn to_struct(results: Vec<std::result::Result<Vec<f32>, Failure>>) -> ArrayRef {
         Arc::new(stages.finish()),
         Arc::new(kinds.finish()),
         Arc::new(reasons.finish()),
+        Arc::new(views.finish()),
     ];
     Arc::new(StructArray::new(result_fields(), columns, None))
 }
@@ -467,6 +583,7 @@ mod tests {
                         lit(FeaturizeOptions {
                             max_pixels: 64_000_000,
                             model_sha256: String::new(),
+                            views: None,
                         }
                         .to_json()),
                     ])

@@ -41,6 +41,18 @@ pub(crate) fn decode_rgb_guarded(
     })
 }
 
+/// The format of `bytes`, JPEG or PNG, from its first bytes; anything else
+/// (or nothing) is refused before any decoder exists.
+pub(crate) fn sniff(bytes: &[u8]) -> Result<ImageFormat, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    match image::guess_format(bytes) {
+        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => Ok(f),
+        _ => Err(ImageError::UnknownFormat),
+    }
+}
+
 /// Decodes `bytes` to RGB, EXIF orientation applied. With
 /// `cfg.scaled_jpeg_decode`, a JPEG is decoded at the smallest scale that
 /// keeps both sides at least `min_side` pixels (see
@@ -50,13 +62,7 @@ fn decode_rgb(
     cfg: &PreprocessConfig,
     min_side: u32,
 ) -> Result<(RgbImage, DecodePath), ImageError> {
-    if bytes.is_empty() {
-        return Err(ImageError::Empty);
-    }
-    let format = match image::guess_format(bytes) {
-        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
-        _ => return Err(ImageError::UnknownFormat),
-    };
+    let format = sniff(bytes)?;
 
     // Our own header read, before any decoder exists: the PNG decoder reads
     // ahead to the first IDAT and the JPEG decoders copy or parse the whole

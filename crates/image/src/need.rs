@@ -34,13 +34,7 @@ pub struct DecodeNeed {
 /// say the dimensions, the need is `cfg.max_alloc_bytes`, the most the
 /// decoder will allocate anyway.
 pub fn decode_need(bytes: &[u8], cfg: &PreprocessConfig) -> Result<DecodeNeed, ImageError> {
-    if bytes.is_empty() {
-        return Err(ImageError::Empty);
-    }
-    let format = match image::guess_format(bytes) {
-        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
-        _ => return Err(ImageError::UnknownFormat),
-    };
+    let format = crate::decode::sniff(bytes)?;
     let header = read_header(bytes, format);
     let Some((w, h)) = header.dimensions else {
         let all = cfg.max_alloc_bytes;

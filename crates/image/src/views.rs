@@ -138,6 +138,91 @@ pub fn serving_views() -> Vec<View> {
     views(&[0.6])
 }
 
+/// A named set of views, as a run, a classifier and the service record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViewSet {
+    /// [`training_views`]: 22 views, extra training rows.
+    Training,
+    /// [`serving_views`]: 12 views, whose features are averaged.
+    Serving,
+}
+
+impl ViewSet {
+    pub fn views(self) -> Vec<View> {
+        match self {
+            ViewSet::Training => training_views(),
+            ViewSet::Serving => serving_views(),
+        }
+    }
+
+    /// The views' names, in order.
+    pub fn names(self) -> Vec<String> {
+        self.views().iter().map(View::name).collect()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewSet::Training => "training",
+            ViewSet::Serving => "serving",
+        }
+    }
+}
+
+impl std::fmt::Display for ViewSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ViewSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "training" => Ok(ViewSet::Training),
+            "serving" => Ok(ViewSet::Serving),
+            other => Err(format!(
+                "unknown view set {other:?}: expected \"training\" (22 views) or \"serving\" (12)"
+            )),
+        }
+    }
+}
+
+/// The views named `names` (as [`View::name`] spells them), in that order.
+pub fn views_named(names: &[String]) -> Result<Vec<View>, String> {
+    let known = training_views();
+    names
+        .iter()
+        .map(|name| {
+            known
+                .iter()
+                .find(|v| &v.name() == name)
+                .copied()
+                .ok_or_else(|| format!("unknown view {name:?}"))
+        })
+        .collect()
+}
+
+/// Decodes `bytes` once and writes the tensor of every view into `out`
+/// (`views.len() × TENSOR_LEN`, back to back). The first view of both
+/// sets is the whole photo, exactly what [`crate::preprocess_into`] makes.
+///
+/// # Panics
+/// If `out.len() != views.len() * TENSOR_LEN` (a caller bug).
+pub fn preprocess_views_into(
+    bytes: &[u8],
+    cfg: &crate::PreprocessConfig,
+    views: &[View],
+    out: &mut [f32],
+) -> Result<(), crate::ImageError> {
+    assert_eq!(out.len(), views.len() * TENSOR_LEN, "one tensor per view");
+    let rgb = crate::decode_rgb(bytes, cfg)?;
+    for (view, tensor) in views.iter().zip(out.chunks_exact_mut(TENSOR_LEN)) {
+        view_to_tensor_into(&rgb, view, tensor);
+    }
+    Ok(())
+}
+
 /// Writes the 224×224 tensor of `view` of `rgb` into `out`.
 ///
 /// # Panics
@@ -286,6 +371,41 @@ mod tests {
             serve.iter().all(|s| train.contains(s)),
             "serving views are training views"
         );
+    }
+
+    #[test]
+    fn view_sets_parse_print_and_name_their_views() {
+        for set in [ViewSet::Training, ViewSet::Serving] {
+            assert_eq!(set.as_str().parse::<ViewSet>(), Ok(set));
+            let names = set.names();
+            assert_eq!(names[0], "full", "the whole photo comes first");
+            assert_eq!(views_named(&names).unwrap(), set.views());
+        }
+        assert!("all".parse::<ViewSet>().unwrap_err().contains("training"));
+        assert!(views_named(&["zoom".into()]).is_err());
+        let json = serde_json::to_string(&ViewSet::Serving).unwrap();
+        assert_eq!(json, "\"serving\"");
+    }
+
+    #[test]
+    fn the_first_view_of_preprocess_views_is_the_plain_tensor() {
+        let rgb = RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(rgb)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let cfg = crate::PreprocessConfig::default();
+        let views = ViewSet::Serving.views();
+        let mut out = vec![0.0; views.len() * TENSOR_LEN];
+        preprocess_views_into(&png, &cfg, &views, &mut out).unwrap();
+        let plain = crate::preprocess(&png, &cfg).unwrap();
+        assert_eq!(&out[..TENSOR_LEN], plain.as_slice());
+        assert_ne!(
+            &out[TENSOR_LEN..2 * TENSOR_LEN],
+            plain.as_slice(),
+            "a crop differs"
+        );
+        assert!(preprocess_views_into(b"", &cfg, &views, &mut out).is_err());
     }
 
     #[test]

@@ -9,13 +9,14 @@ use verger_store::Location;
 
 use crate::{
     ERRORS_DIR, FEATURES_DIR, INVENTORY_DIR, JOB_FILE, OutputError, PCA_MODEL_FILE, RUN_FILE,
-    STAGING_DIR, SUCCESS_FILE,
+    STAGING_DIR, SUCCESS_FILE, VIEWS_DIR,
 };
 
 /// Every name verger writes at the top of an output; nothing else is ever
 /// deleted.
-pub const VERGER_NAMES: [&str; 7] = [
+pub const VERGER_NAMES: [&str; 8] = [
     FEATURES_DIR,
+    VIEWS_DIR,
     ERRORS_DIR,
     INVENTORY_DIR,
     STAGING_DIR,

@@ -48,6 +48,10 @@ pub struct JobIdentity {
     pub glob: String,
     pub model_sha256: String,
     pub max_pixels: u64,
+    /// `--views`: the names of the views featurized besides each photo
+    /// (empty without; documents from before views have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<String>,
 }
 
 impl JobIdentity {
@@ -67,6 +71,7 @@ impl JobIdentity {
             &self.max_pixels.to_string(),
             &now.max_pixels.to_string(),
         );
+        check("views", &self.views.join(","), &now.views.join(","));
         out
     }
 }
@@ -172,6 +177,9 @@ pub struct Counts {
     pub unchanged: u64,
     /// Rows of the earlier run dropped because their file is gone (`--incremental`).
     pub removed: u64,
+    /// Rows in `views/` (`--views`; 0 without, and in older documents).
+    #[serde(default)]
+    pub views: u64,
 }
 
 /// The run's settings that do not change its rows (those are in
@@ -367,6 +375,7 @@ mod tests {
                 glob: "*.jpg".into(),
                 model_sha256: "61a2".into(),
                 max_pixels: 64_000_000,
+                views: vec!["full".into(), "full-m".into()],
             },
             parameters: Parameters {
                 output: "/out".into(),

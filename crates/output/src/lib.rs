@@ -7,6 +7,7 @@
 //! features/part-*.parquet   path, label, features list<float32>(1280), pca list<float64>(k)
 //! errors/part-*.parquet     path, label, stage, kind, reason
 //! inventory/part-*.parquet  path, size, last_modified_ms, e_tag of every input taken
+//! views/part-*.parquet      path, label, view, features (only with --views: one row per view)
 //! pca_model.json            the fitted PCA (verger_pca::PcaModel)
 //! run.json                  RunRecord: counts, job, parameters, timings, model, versions
 //! _SUCCESS                  written last: its presence means the rest is complete
@@ -52,8 +53,8 @@ pub use manifest::{MANIFEST_FILE, StagingManifest, written_by};
 pub use parts::{PartWriter, WrittenParts, list_parquet, read_columns};
 pub use resume::{DoneWork, ResumePoint, clear_results, find_resume_point};
 pub use schema::{
-    FailureKind, Stage, errors_schema, features_schema, inventory_schema, list_of,
-    staged_errors_schema, staged_features_schema,
+    FailureKind, Stage, errors_schema, explode_views, features_schema, inventory_schema, list_of,
+    staged_errors_schema, staged_features_schema, views_schema,
 };
 pub use staging::{ErrorBudget, StagingSpec, StagingWriter, split_featurized};
 
@@ -62,6 +63,8 @@ use verger_store::StoreError;
 pub const FEATURES_DIR: &str = "features";
 pub const ERRORS_DIR: &str = "errors";
 pub const INVENTORY_DIR: &str = "inventory";
+/// `views/`: with `--views`, one row per (photo, view), marked by `view`.
+pub const VIEWS_DIR: &str = "views";
 pub const STAGING_DIR: &str = "_staging";
 pub const PCA_MODEL_FILE: &str = "pca_model.json";
 pub const RUN_FILE: &str = "run.json";

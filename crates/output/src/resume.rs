@@ -178,6 +178,7 @@ mod tests {
             glob: "*.jpg".into(),
             model_sha256: "abc".into(),
             max_pixels: 100,
+            views: Vec::new(),
         }
     }
 

@@ -126,7 +126,80 @@ pub fn staged_features_schema() -> SchemaRef {
         Field::new("features", list_of(DataType::Float32), false),
     ];
     fields.extend(identity_fields());
+    // With --views: every view's features back to back (null without).
+    fields.push(Field::new("views", list_of(DataType::Float32), true));
     Arc::new(Schema::new(fields))
+}
+
+/// Rows of `views/` (only with `--views`): one per photo and view, the
+/// view's name in `view` (`full`, `c0.6`, `tl0.5-m`, …).
+pub fn views_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, false),
+        Field::new("features", list_of(DataType::Float32), false),
+    ]))
+}
+
+/// Staged rows `(path, label, views, …)` (found by name) → `views/` rows,
+/// one per view named in `names`, in that order. Rows without views are
+/// skipped; a row whose views do not split into `names.len()` equal parts
+/// is an error naming it.
+pub fn explode_views(
+    staged: &arrow::array::RecordBatch,
+    names: &[String],
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{Array, AsArray, Float32Builder, ListBuilder, StringBuilder};
+    use arrow::datatypes::Float32Type;
+    use arrow::error::ArrowError;
+    let column = |name: &str| {
+        staged
+            .column_by_name(name)
+            .ok_or_else(|| ArrowError::SchemaError(format!("staged rows lack {name:?}")))
+    };
+    let paths = column("path")?.as_string::<i32>();
+    let labels = column("label")?.as_string::<i32>();
+    let views = column("views")?.as_list::<i32>();
+    let values = views.values().as_primitive::<Float32Type>().values();
+    let (mut path_out, mut label_out, mut view_out) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
+    let mut features = ListBuilder::new(Float32Builder::new());
+    for row in 0..staged.num_rows() {
+        if views.is_null(row) || names.is_empty() {
+            continue;
+        }
+        let offsets = views.value_offsets();
+        let all = &values[offsets[row] as usize..offsets[row + 1] as usize];
+        if all.is_empty() || all.len() % names.len() != 0 {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "{}: {} view values do not split into {} views",
+                paths.value(row),
+                all.len(),
+                names.len()
+            )));
+        }
+        let width = all.len() / names.len();
+        for (name, one) in names.iter().zip(all.chunks_exact(width)) {
+            path_out.append_value(paths.value(row));
+            label_out.append_value(labels.value(row));
+            view_out.append_value(name);
+            features.values().append_slice(one);
+            features.append(true);
+        }
+    }
+    arrow::array::RecordBatch::try_new(
+        views_schema(),
+        vec![
+            Arc::new(path_out.finish()),
+            Arc::new(label_out.finish()),
+            Arc::new(view_out.finish()),
+            Arc::new(features.finish()),
+        ],
+    )
 }
 
 /// Staged failures: `errors/` rows plus the identity of the file.
@@ -173,6 +246,40 @@ pub fn errors_schema() -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explode_views_makes_one_marked_row_per_view_and_skips_rows_without() {
+        use arrow::array::{AsArray, Float32Builder, ListBuilder, RecordBatch, StringArray};
+        let mut views = ListBuilder::new(Float32Builder::new());
+        views.values().append_slice(&[1.0, 2.0, 3.0, 4.0]);
+        views.append(true);
+        views.append(false);
+        let staged = RecordBatch::try_from_iter(vec![
+            (
+                "path",
+                Arc::new(StringArray::from(vec!["a/Lime/1.jpg", "a/Kiwi/2.jpg"])) as _,
+            ),
+            (
+                "label",
+                Arc::new(StringArray::from(vec!["Lime", "Kiwi"])) as _,
+            ),
+            ("views", Arc::new(views.finish()) as _),
+        ])
+        .unwrap();
+        let names = vec!["full".to_string(), "full-m".to_string()];
+        let out = explode_views(&staged, &names).unwrap();
+        assert_eq!(out.schema(), views_schema());
+        assert_eq!(out.num_rows(), 2, "two views of the one row that has them");
+        let view = out.column(2).as_string::<i32>();
+        assert_eq!((view.value(0), view.value(1)), ("full", "full-m"));
+        let features = out.column(3).as_list::<i32>();
+        let second = features.value(1);
+        let second = second.as_primitive::<arrow::datatypes::Float32Type>();
+        assert_eq!(second.values().as_ref(), &[3.0, 4.0]);
+        let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let err = explode_views(&staged, &three).unwrap_err().to_string();
+        assert!(err.contains("a/Lime/1.jpg"), "{err}");
+    }
 
     #[test]
     fn failure_kinds_round_trip_through_their_names() {

@@ -189,6 +189,14 @@ pub fn split_featurized(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch
         column("e_tag")?,
     );
     let features = field("features")?;
+    // A result made without views has no such field: every row gets null.
+    let views = match result.column_by_name("views") {
+        Some(views) => views.clone(),
+        None => arrow::array::new_null_array(
+            &crate::list_of(arrow::datatypes::DataType::Float32),
+            batch.num_rows(),
+        ),
+    };
     let (stage, kind, reason) = (
         field("error_stage")?,
         field("error_kind")?,
@@ -205,7 +213,7 @@ pub fn split_featurized(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch
     let ok = RecordBatch::try_new(
         staged_features_schema(),
         pick(
-            &[&path, &label, &features, &size, &modified, &e_tag],
+            &[&path, &label, &features, &size, &modified, &e_tag, &views],
             &ok_mask,
         )?,
     )?;

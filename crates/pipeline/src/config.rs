@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use verger_image::PreprocessConfig;
+use verger_image::views::ViewSet;
 use verger_model::{EngineChoice, EngineConfig, Precision};
 
 use crate::progress::ProgressMode;
@@ -61,6 +62,9 @@ pub struct RunConfig {
     pub placement: Placement,
     /// Featurized images per checkpoint file and task: what a kill can lose.
     pub checkpoint_every: usize,
+    /// `--views`: also featurize these views of every photo, as the marked
+    /// rows of `views/` (training rows for `verger train`).
+    pub views: Option<ViewSet>,
 }
 
 /// Enough slices for a few executors to share the work evenly.
@@ -92,6 +96,7 @@ impl RunConfig {
             progress: ProgressMode::Auto,
             placement: Placement::Embedded,
             checkpoint_every: 256,
+            views: None,
         }
     }
 
@@ -107,6 +112,12 @@ impl RunConfig {
         }
         if self.batch_size == 0 || self.partitions == 0 || self.checkpoint_every == 0 {
             bail!("--batch-size, --partitions and --checkpoint-every must be at least 1");
+        }
+        if self.views.is_some() && self.start == Start::Incremental {
+            // The carried-over rows of the earlier run have no views.
+            bail!(
+                "--views cannot go with --incremental: run the whole input again with --overwrite"
+            );
         }
         if let Placement::Cluster(_) = self.placement {
             let executor_flags = [
@@ -174,5 +185,14 @@ mod tests {
         let mut config = RunConfig::new("in", "out");
         config.checkpoint_every = 0;
         assert!(config.validate().is_err());
+        let mut config = RunConfig::new("in", "out");
+        config.views = Some(ViewSet::Training);
+        config.validate().unwrap();
+        config.start = Start::Incremental;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--views cannot go with --incremental"),
+            "{err}"
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use verger_datafusion::FeaturizeOptions;
+use verger_image::views::ViewSet;
 use verger_model::ModelFile;
 use verger_output::{
     Counts, DoneWork, JobIdentity, OutputDir, PCA_MODEL_FILE, Parameters, RUN_FILE, RunRecord,
@@ -17,7 +18,7 @@ use verger_store::{Location, NameFilter};
 use crate::backend::{Backend, Phase1, check_slices};
 use crate::config::{RunConfig, Start};
 use crate::restart::{Changes, prepare};
-use crate::tables::write_errors_and_inventory;
+use crate::tables::write_commit_tables;
 
 /// Runs the whole job and returns its record (also written as `run.json`).
 pub async fn run(config: &RunConfig) -> Result<RunRecord> {
@@ -40,6 +41,7 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
         glob: config.glob.clone(),
         model_sha256: backend.model_sha256(),
         max_pixels: config.max_pixels,
+        views: config.views.map(ViewSet::names).unwrap_or_default(),
     };
     let attempt = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut prepared = prepare(
@@ -72,6 +74,7 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
             options: FeaturizeOptions {
                 max_pixels: config.max_pixels,
                 model_sha256: job.model_sha256.clone(),
+                views: config.views,
             },
             staging,
             done_paths,
@@ -109,8 +112,17 @@ pub async fn run(config: &RunConfig) -> Result<RunRecord> {
     // 3. project, then the commit's tables
     let phase = Instant::now();
     let features = backend.project(&output_location, manifest, &pca).await?;
-    let tables = write_errors_and_inventory(&output_location, manifest).await?;
-    let counts = staged.counts(features, tables.errors, config.start, prepared.changes)?;
+    let tables = write_commit_tables(&output_location, manifest, &job.views).await?;
+    let mut counts = staged.counts(features, tables.errors, config.start, prepared.changes)?;
+    counts.views = tables.views;
+    if counts.views != counts.features * job.views.len() as u64 {
+        bail!(
+            "internal error: {} rows in views/ for {} photos of {} views; the output was not committed",
+            counts.views,
+            counts.features,
+            job.views.len()
+        );
+    }
     if tables.inventory != counts.listed {
         bail!(
             "internal error: {} images listed but {} in the inventory; the output was not committed",
@@ -267,6 +279,7 @@ impl Staged {
             resumed: if incremental { 0 } else { self.skipped },
             unchanged: if incremental { self.skipped } else { 0 },
             removed: changes.removed,
+            views: 0,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Tables written from DataFrames in this process: phase 3 of an embedded
-//! run, and the commit's `errors/` and `inventory/` of every run (the client
-//! of a cluster run writes those two itself, from the staged parts).
+//! run, and the commit's `errors/`, `inventory/` and (with `--views`)
+//! `views/` of every run (the client of a cluster run writes those itself,
+//! from the staged parts).
 
 use std::sync::Arc;
 
@@ -15,7 +16,8 @@ use futures::StreamExt;
 use verger_datafusion::phases;
 use verger_output::{
     ERRORS_DIR, FailureCount, FailureKind, INVENTORY_DIR, PartWriter, STAGED_ERRORS_DIR,
-    STAGED_FEATURES_DIR, StagingManifest, errors_schema, inventory_schema,
+    STAGED_FEATURES_DIR, StagingManifest, VIEWS_DIR, errors_schema, explode_views,
+    inventory_schema, views_schema,
 };
 use verger_store::{Location, StoreKind};
 
@@ -60,6 +62,27 @@ pub(crate) async fn write_partitions(
     dir: &str,
     schema: SchemaRef,
 ) -> Result<u64> {
+    let cast = schema.clone();
+    let as_schema = move |batch: RecordBatch| {
+        Ok(RecordBatch::try_new(
+            cast.clone(),
+            batch.columns().to_vec(),
+        )?)
+    };
+    write_partitions_mapped(frame, output, dir, schema, Arc::new(as_schema)).await
+}
+
+/// Turns one batch of a query into the rows of a table.
+type BatchMap = Arc<dyn Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync>;
+
+/// [`write_partitions`], each batch turned into `schema`'s rows by `map`.
+async fn write_partitions_mapped(
+    frame: DataFrame,
+    output: &Location,
+    dir: &str,
+    schema: SchemaRef,
+    map: BatchMap,
+) -> Result<u64> {
     let task_ctx = Arc::new(frame.task_ctx());
     let plan = frame.create_physical_plan().await?;
     let streams = execute_stream_partitioned(plan, task_ctx)?;
@@ -67,11 +90,10 @@ pub(crate) async fn write_partitions(
     for (partition, mut stream) in streams.into_iter().enumerate() {
         let mut writer =
             PartWriter::new(output, dir, &format!("part-{partition:03}"), schema.clone());
-        let schema = schema.clone();
+        let map = map.clone();
         tasks.spawn(async move {
             while let Some(batch) = stream.next().await {
-                let batch = RecordBatch::try_new(schema.clone(), batch?.columns().to_vec())?;
-                writer.write(&batch).await?;
+                writer.write(&map(batch?)?).await?;
             }
             anyhow::Ok(writer.finish().await?.rows)
         });
@@ -88,16 +110,20 @@ pub(crate) async fn write_partitions(
 pub(crate) struct CommitTables {
     pub errors: u64,
     pub inventory: u64,
+    /// Rows of `views/` (0 without `--views`).
+    pub views: u64,
     /// The rows of `errors/` per kind, most frequent first.
     pub failures: Vec<FailureCount>,
 }
 
 /// `errors/` from the staged failures (an empty part when there are none,
 /// so readers always find the table) and `inventory/` from the identities
-/// of everything staged (the checkpoints `manifest` trusts).
-pub(crate) async fn write_errors_and_inventory(
+/// of everything staged (the checkpoints `manifest` trusts), and with
+/// `--views` (`view_names` not empty) `views/` from the staged features.
+pub(crate) async fn write_commit_tables(
     output: &Location,
     manifest: &StagingManifest,
+    view_names: &[String],
 ) -> Result<CommitTables> {
     let ctx = session(2, 8192, output)?;
     let staged_errors = read_staged(&ctx, output, manifest, STAGED_ERRORS_DIR).await?;
@@ -117,6 +143,17 @@ pub(crate) async fn write_errors_and_inventory(
     }
     let errors = writer.finish().await?.rows;
 
+    let views = match (&staged_features, view_names.is_empty()) {
+        (Some(staged), false) => {
+            let names = view_names.to_vec();
+            let explode = move |batch: RecordBatch| Ok(explode_views(&batch, &names)?);
+            let frame = staged.clone().select_columns(&["path", "label", "views"])?;
+            write_partitions_mapped(frame, output, VIEWS_DIR, views_schema(), Arc::new(explode))
+                .await?
+        }
+        _ => 0,
+    };
+
     let staged: Vec<DataFrame> = [staged_features, staged_errors]
         .into_iter()
         .flatten()
@@ -128,6 +165,7 @@ pub(crate) async fn write_errors_and_inventory(
     Ok(CommitTables {
         errors,
         inventory,
+        views,
         failures: FailureCount::tally(kinds),
     })
 }

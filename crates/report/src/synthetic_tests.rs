@@ -117,6 +117,7 @@ fn run_record(dir: &Path, rows: usize, k: usize, explained: Vec<f64>) -> RunReco
             glob: "*.{jpg,png}".into(),
             model_sha256: "ab12".into(),
             max_pixels: 64_000_000,
+            views: Vec::new(),
         },
         parameters: Parameters {
             output: dir.display().to_string(),

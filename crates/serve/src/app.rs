@@ -38,6 +38,8 @@ struct AppState {
     cards: Vec<Option<FruitInfo>>,
     model: ServedModel,
     metrics: Arc<Metrics>,
+    /// Views averaged per photo (empty: the whole photo).
+    views: Arc<Vec<verger_image::views::View>>,
 }
 
 /// The public routes, and the admin ones when they listen apart.
@@ -120,6 +122,7 @@ fn start_state(service: Service) -> AppState {
         cards,
         model: service.info,
         metrics,
+        views: Arc::new(service.views),
     }
 }
 
@@ -588,9 +591,15 @@ async fn decode_within(
         max_alloc_bytes: need,
         ..config
     };
+    let views = Arc::clone(&state.views);
     tokio::task::spawn_blocking(move || {
         let _reservation = reservation;
-        verger_image::preprocess(&bytes, &config)
+        if views.is_empty() {
+            return verger_image::preprocess(&bytes, &config);
+        }
+        let mut tensors = vec![0.0; views.len() * verger_image::TENSOR_LEN];
+        verger_image::views::preprocess_views_into(&bytes, &config, &views, &mut tensors)
+            .map(|()| tensors)
     })
     .await
     .map_err(|panic| {

@@ -33,6 +33,8 @@ pub enum InferenceError {
 }
 
 pub struct Job {
+    /// One 224×224 tensor per view of the photo, back to back: their
+    /// features are averaged into the one vector the classifier scores.
     pub tensor: Vec<f32>,
     pub reply: oneshot::Sender<Result<Identification, InferenceError>>,
     pub queued: Instant,
@@ -129,10 +131,15 @@ fn infer(
     tensors: &[Vec<f32>],
     top_k: usize,
 ) -> Result<Vec<Identification>, InferenceError> {
+    let views: Vec<usize> = tensors
+        .iter()
+        .map(|t| t.len() / verger_image::TENSOR_LEN)
+        .collect();
     let input: Vec<f32> = tensors.concat();
-    let features = model
-        .features(&input, tensors.len())
+    let all = model
+        .features(&input, views.iter().sum())
         .map_err(InferenceError::Model)?;
+    let features = average_views(&all, &views);
     let answers = classifier
         .identify(&features, top_k)
         .map_err(InferenceError::Classifier)?;
@@ -143,4 +150,39 @@ fn infer(
         });
     }
     Ok(answers)
+}
+
+/// One row per photo: the mean of its `views[i]` consecutive rows of `all`.
+fn average_views(all: &[f32], views: &[usize]) -> Vec<f32> {
+    let total: usize = views.iter().sum();
+    if total == views.len() || total == 0 {
+        return all.to_vec();
+    }
+    let dim = all.len() / total;
+    let mut out = Vec::with_capacity(views.len() * dim);
+    let mut rows = all.chunks_exact(dim);
+    for &n in views {
+        let mut sum = vec![0.0f32; dim];
+        for row in rows.by_ref().take(n) {
+            for (s, x) in sum.iter_mut().zip(row) {
+                *s += x;
+            }
+        }
+        out.extend(sum.iter().map(|s| s / n.max(1) as f32));
+    }
+    out
+}
+
+#[cfg(test)]
+mod view_tests {
+    #[test]
+    fn views_of_one_photo_are_averaged_and_single_views_pass_through() {
+        // Photo 1: two views (rows 1,2 and 3,4); photo 2: one view (5,6).
+        let all = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(
+            super::average_views(&all, &[2, 1]),
+            vec![2.0, 3.0, 5.0, 6.0]
+        );
+        assert_eq!(super::average_views(&all, &[1, 1, 1]), all.to_vec());
+    }
 }

@@ -199,6 +199,9 @@ pub struct Service {
     info: ServedModel,
     limits: Limits,
     batch: BatchConfig,
+    /// The views whose features are averaged per photo, as the classifier
+    /// was trained (empty: the whole photo alone).
+    views: Vec<verger_image::views::View>,
 }
 
 impl Service {
@@ -220,6 +223,14 @@ impl Service {
             &file.path,
             &file.sha256,
         )?;
+        let views = verger_image::views::views_named(classifier.views())
+            .map_err(anyhow::Error::msg)
+            .with_context(|| {
+                format!(
+                    "the classifier in {} names views this verger does not know",
+                    config.classifier_dir.display()
+                )
+            })?;
         let head = verger_model::ImagenetHead::from_onnx(&file.path)?;
         let model_sha256 = file.sha256.clone();
         let model = verger_model::SharedModel::load(file, &config.engine)?;
@@ -234,7 +245,8 @@ impl Service {
             info,
             config.limits.clone(),
             config.batch,
-        ))
+        )
+        .with_views(views))
     }
 
     /// A service over any model and classifier (tests use stand-ins).
@@ -251,7 +263,15 @@ impl Service {
             info,
             limits,
             batch,
+            views: Vec::new(),
         }
+    }
+
+    /// Averages the features of `views` of each photo (a classifier
+    /// trained on `verger run --views` rows expects it).
+    pub fn with_views(mut self, views: Vec<verger_image::views::View>) -> Service {
+        self.views = views;
+        self
     }
 
     /// Serves every route on `listener` until `shutdown` completes, then

@@ -23,3 +23,4 @@ mod s3;
 mod sample;
 mod scaled_decode;
 mod serve;
+mod views;

@@ -155,6 +155,35 @@ fn lists<T: arrow::datatypes::ArrowPrimitiveType>(
         .collect()
 }
 
+/// One row of `views/`.
+#[derive(Clone, Debug)]
+pub struct ViewRow {
+    pub path: String,
+    pub label: String,
+    pub view: String,
+    pub features: Vec<f32>,
+}
+
+pub fn read_views(dir: &Path) -> Vec<ViewRow> {
+    let mut out = Vec::new();
+    for b in read_batches(dir) {
+        let paths = strings(&b, "path");
+        let labels = strings(&b, "label");
+        let views = strings(&b, "view");
+        let feats = lists::<Float32Type>(&b, "features", DataType::Float32);
+        for (((path, label), view), features) in paths.into_iter().zip(labels).zip(views).zip(feats)
+        {
+            out.push(ViewRow {
+                path,
+                label,
+                view,
+                features,
+            });
+        }
+    }
+    out
+}
+
 pub fn read_features(dir: &Path) -> Vec<FeatureRow> {
     let mut out = Vec::new();
     for b in read_batches(dir) {
