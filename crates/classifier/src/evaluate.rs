@@ -55,11 +55,44 @@ pub struct Evaluation {
     /// With rejection on: answered, accuracy among answered, rejection of
     /// unknown photos, the risk–coverage curve.
     pub open_set: OpenSet,
+    /// Photos worth looking at: the most frequent confusions and the
+    /// rejections (documents before examples have none).
+    #[serde(default)]
+    pub examples: Examples,
     /// The `verger run` output the images came from.
     pub features: String,
     pub feature_model_sha256: String,
     pub evaluated_at: String,
 }
+
+/// Example photos of an evaluation, by path (the run's input).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Examples {
+    /// Up to [`EXAMPLES_PER_PAIR`] photos of each of the
+    /// [`CONFUSED_PAIRS`] most frequent confusions, most confident first.
+    pub confused: Vec<Example>,
+    /// Photos of known labels that got no label (up to [`REJECTED_EXAMPLES`]).
+    pub rejected: Vec<Example>,
+    /// Photos that should get no label but got one (up to [`REJECTED_EXAMPLES`]).
+    pub wrongly_answered: Vec<Example>,
+}
+
+/// One photo and what the classifier made of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub path: String,
+    /// Its true label (its folder).
+    pub label: String,
+    /// The best fruit label, whether or not it was given.
+    pub predicted: String,
+    pub confidence: f32,
+    /// The rule that withheld the label, if one did.
+    pub rejected_by: Option<crate::RejectRule>,
+}
+
+pub const CONFUSED_PAIRS: usize = 6;
+pub const EXAMPLES_PER_PAIR: usize = 3;
+pub const REJECTED_EXAMPLES: usize = 8;
 
 /// Scores `classifier` on `test` (refused if made by another feature
 /// model); the kNN baseline uses `reference` (the training images), when
@@ -98,16 +131,19 @@ pub fn evaluate(
     let mut skipped = BTreeMap::new();
     let (mut truth, mut rows, mut masses) = (Vec::new(), Vec::new(), Vec::new());
     let (mut unknown_rows, mut unknown_masses) = (Vec::new(), Vec::new());
+    let (mut known_at, mut unknown_at) = (Vec::new(), Vec::new());
     for (i, label) in test.labels.iter().enumerate() {
         let outside = not_fruit.is_some_and(|folder| in_split(&test.paths[i], folder));
         match index.get(label.as_str()).filter(|_| !outside) {
             Some(&t) => {
                 truth.push(t);
+                known_at.push(i);
                 rows.extend_from_slice(test.row(i));
                 masses.push(fruit_mass[i]);
             }
             None => {
                 *skipped.entry(label.clone()).or_insert(0) += 1;
+                unknown_at.push(i);
                 unknown_rows.extend_from_slice(test.row(i));
                 unknown_masses.push(fruit_mass[i]);
             }
@@ -192,6 +228,35 @@ pub fn evaluate(
         (rows.as_slice(), masses.as_slice(), truth.as_slice()),
         (unknown_rows.as_slice(), unknown_masses.as_slice()),
     )?;
+    let example = |at: usize, identified: &crate::Identification| {
+        let (best, confidence) = identified.ranking[0];
+        Example {
+            path: test.paths[at].clone(),
+            label: test.labels[at].clone(),
+            predicted: labels[best].clone(),
+            confidence,
+            rejected_by: identified.rejected,
+        }
+    };
+    let known = classifier.identify(&rows, &masses, 1)?;
+    let unknown = classifier.identify(&unknown_rows, &unknown_masses, 1)?;
+    let examples = Examples {
+        confused: confused_examples(&confusion, &truth, &known, |i, id| example(known_at[i], id)),
+        rejected: known
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| id.rejected.is_some())
+            .take(REJECTED_EXAMPLES)
+            .map(|(i, id)| example(known_at[i], id))
+            .collect(),
+        wrongly_answered: unknown
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| id.rejected.is_none())
+            .take(REJECTED_EXAMPLES)
+            .map(|(i, id)| example(unknown_at[i], id))
+            .collect(),
+    };
     Ok(Evaluation {
         format: EVALUATION_FORMAT.into(),
         version: EVALUATION_VERSION,
@@ -205,10 +270,44 @@ pub fn evaluate(
         confusion,
         skipped_unknown_labels: skipped,
         open_set,
+        examples,
         features: test.location.clone(),
         feature_model_sha256: test.model_sha256.clone(),
         evaluated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
+}
+
+/// Photos of the most frequent confusions (true ≠ predicted), the most
+/// confident mistakes of each pair first.
+fn confused_examples(
+    confusion: &[Vec<u64>],
+    truth: &[usize],
+    known: &[crate::Identification],
+    example: impl Fn(usize, &crate::Identification) -> Example,
+) -> Vec<Example> {
+    let mut pairs: Vec<(u64, usize, usize)> = Vec::new();
+    for (t, row) in confusion.iter().enumerate() {
+        for (p, &count) in row.iter().enumerate() {
+            if t != p && count > 0 {
+                pairs.push((count, t, p));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut out = Vec::new();
+    for &(_, t, p) in pairs.iter().take(CONFUSED_PAIRS) {
+        let mut photos: Vec<usize> = (0..truth.len())
+            .filter(|&i| truth[i] == t && known[i].ranking[0].0 == p)
+            .collect();
+        photos.sort_by(|&a, &b| known[b].ranking[0].1.total_cmp(&known[a].ranking[0].1));
+        out.extend(
+            photos
+                .into_iter()
+                .take(EXAMPLES_PER_PAIR)
+                .map(|i| example(i, &known[i])),
+        );
+    }
+    out
 }
 
 impl Evaluation {

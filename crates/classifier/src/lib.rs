@@ -74,7 +74,8 @@ mod train;
 use std::path::PathBuf;
 
 pub use evaluate::{
-    ClassMetrics, EVALUATION_FORMAT, EVALUATION_VERSION, Evaluation, KnnBaseline, evaluate,
+    ClassMetrics, EVALUATION_FORMAT, EVALUATION_VERSION, Evaluation, Example, Examples,
+    KnnBaseline, evaluate,
 };
 pub use features::{
     FeatureTable, ViewRows, feature_model_sha256, in_split, read_features, read_views,

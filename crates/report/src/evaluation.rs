@@ -16,8 +16,9 @@
 use serde::Deserialize;
 
 pub const FORMAT: &str = "verger-evaluation";
-/// Version 2 added `open_set` (rejection figures), which the report does not
-/// draw yet; both versions share every field it reads.
+/// Version 2 added `open_set` (rejection figures: the report draws its
+/// risk–coverage curve) and later `examples` (photos the report shows as
+/// thumbnails); both are optional here, so version 1 still reads.
 pub const VERSIONS: [u32; 2] = [1, 2];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +35,48 @@ pub struct Evaluation {
     pub labels: Vec<String>,
     pub per_class: Vec<ClassScore>,
     pub confusion: Vec<Vec<u64>>,
+    #[serde(default)]
+    pub open_set: Option<OpenSet>,
+    #[serde(default)]
+    pub examples: Option<Examples>,
+}
+
+/// The part of `open_set` the report draws.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenSet {
+    pub answered: f64,
+    pub accuracy_among_answered: f64,
+    #[serde(default)]
+    pub risk_coverage: Vec<CoveragePoint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CoveragePoint {
+    pub max_softmax_threshold: f64,
+    pub answered: f64,
+    pub accuracy_among_answered: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Examples {
+    #[serde(default)]
+    pub confused: Vec<Example>,
+    #[serde(default)]
+    pub rejected: Vec<Example>,
+    #[serde(default)]
+    pub wrongly_answered: Vec<Example>,
+}
+
+/// One photo: its path in the run's input, its folder's label, the best
+/// fruit label and why none was given (if none was).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Example {
+    pub path: String,
+    pub label: String,
+    pub predicted: String,
+    pub confidence: f64,
+    #[serde(default)]
+    pub rejected_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

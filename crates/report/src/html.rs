@@ -32,6 +32,11 @@ pub struct Images<'a> {
     pub scatter: Option<&'a str>,
     pub counts: &'a str,
     pub confusion: Option<&'a str>,
+    /// With an evaluation's `open_set`: its risk–coverage curve.
+    pub risk_coverage: Option<&'a str>,
+    /// The thumbnail file of each example photo, by path (missing: the
+    /// photo could not be read or decoded, and only its text is shown).
+    pub thumbnails: &'a std::collections::HashMap<String, String>,
 }
 
 const STYLE: &str = r#"
@@ -44,6 +49,9 @@ h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
 .figures { display: flex; flex-wrap: wrap; gap: .8rem; margin: 1rem 0; }
 .figure { border: 1px solid #ddd; border-radius: 6px; padding: .6rem 1rem; min-width: 9rem; }
 .figure b { display: block; font-size: 1.6rem; }
+.examples { display: flex; flex-wrap: wrap; gap: .6rem; margin: .6rem 0 1.2rem; }
+.example { width: 9.5rem; font-size: .8rem; border: 1px solid #ddd; border-radius: 6px; padding: .3rem; }
+.example img { display: block; margin: 0 auto .2rem; max-width: 100%; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
 th, td { border-bottom: 1px solid #e4e4e4; padding: .25rem .7rem; text-align: left; vertical-align: top; }
@@ -75,6 +83,7 @@ pub fn page(data: &RunData, evaluation: Option<&Evaluation>, images: &Images<'_>
     errors(&mut html, data);
     if let Some(evaluation) = evaluation {
         classifier(&mut html, evaluation, images.confusion);
+        open_set(&mut html, evaluation, images);
     }
     run_details(&mut html, &run_value(data));
     html.push_str("</body>\n</html>\n");
@@ -334,6 +343,85 @@ fn classifier(html: &mut String, evaluation: &Evaluation, confusion: Option<&str
         );
     }
     html.push_str("</table>\n");
+}
+
+/// Rejection: the answered share, the risk–coverage curve, and the photos
+/// behind the figures (worst confusions, rejections, wrong answers).
+fn open_set(html: &mut String, evaluation: &Evaluation, images: &Images<'_>) {
+    if let Some(open) = &evaluation.open_set {
+        let _ = write!(
+            html,
+            "<h2>\"I don't know\"</h2>\n<div class=\"figures\">\n\
+             <div class=\"figure\"><b>{}</b>photos of known labels answered</div>\n\
+             <div class=\"figure\"><b>{}</b>right among the answered</div>\n</div>\n",
+            percent(open.answered),
+            percent(open.accuracy_among_answered)
+        );
+    }
+    if let Some(image) = images.risk_coverage {
+        let _ = writeln!(
+            html,
+            "<p>Each point is a max-softmax threshold: a higher one answers fewer photos and \
+             is right more often among them. The dot is the threshold the classifier was \
+             calibrated to.</p>\n<img src=\"{}\" alt=\"Risk–coverage curve\">",
+            escape(image)
+        );
+    }
+    let Some(examples) = &evaluation.examples else {
+        return;
+    };
+    let groups = [
+        (
+            "Most frequent confusions",
+            "true label → the label given",
+            &examples.confused,
+        ),
+        (
+            "Photos of known labels that got no label",
+            "true label; the best guess and the rule that withheld it",
+            &examples.rejected,
+        ),
+        (
+            "Photos that should have got no label but did",
+            "folder; the label given",
+            &examples.wrongly_answered,
+        ),
+    ];
+    for (title, legend, list) in groups {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            html,
+            "<h3>{}</h3>\n<p>{}</p>\n<div class=\"examples\">",
+            escape(title),
+            escape(legend)
+        );
+        for example in list {
+            let picture = images
+                .thumbnails
+                .get(&example.path)
+                .map(|file| format!("<img src=\"{}\" alt=\"\">", escape(file)))
+                .unwrap_or_default();
+            let verdict = match &example.rejected_by {
+                Some(rule) => format!(
+                    "{} ({}), no label: {}",
+                    example.predicted,
+                    percent(example.confidence),
+                    rule
+                ),
+                None => format!("→ {} ({})", example.predicted, percent(example.confidence)),
+            };
+            let _ = writeln!(
+                html,
+                "<div class=\"example\" title=\"{}\">{picture}<b>{}</b><br>{}</div>",
+                escape(&example.path),
+                escape(&example.label),
+                escape(&verdict)
+            );
+        }
+        html.push_str("</div>\n");
+    }
 }
 
 fn run_details(html: &mut String, run: &Value) {

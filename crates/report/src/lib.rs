@@ -14,6 +14,9 @@
 //!   pca.png         components 1 and 2 coloured by label (20 named, the rest grey "other")
 //!   labels.png      images per label (horizontal bars, largest first)
 //!   confusion.png   with --evaluation: the confusion matrix as a heat map
+//!   risk_coverage.png  with --evaluation (version 2): answered share vs right among answered
+//!   examples/NNN.png   thumbnails of the evaluation's example photos (worst confusions,
+//!                      rejections, wrong answers), read from the run's input
 //! ```
 //!
 //! Plots are drawn by `plotters` into a buffer and encoded with `image`;
@@ -52,6 +55,9 @@ pub const SCREE_FILE: &str = "scree.png";
 pub const SCATTER_FILE: &str = "pca.png";
 pub const COUNTS_FILE: &str = "labels.png";
 pub const CONFUSION_FILE: &str = "confusion.png";
+pub const RISK_COVERAGE_FILE: &str = "risk_coverage.png";
+/// Folder of the example photos' thumbnails.
+pub const EXAMPLES_DIR: &str = "examples";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -157,15 +163,58 @@ pub async fn write_report(config: &ReportConfig) -> Result<Written, ReportError>
         drawn("the label counts", plots::label_counts(&data.labels))?,
     )
     .await?;
+    let mut has_curve = false;
+    let mut thumbnails = std::collections::HashMap::new();
     if let Some(evaluation) = &evaluation {
         let png = plots::confusion(&evaluation.labels, &evaluation.confusion);
         write(CONFUSION_FILE, drawn("the confusion matrix", png)?).await?;
+        if let Some(open) = evaluation
+            .open_set
+            .as_ref()
+            .filter(|o| !o.risk_coverage.is_empty())
+        {
+            let curve: Vec<(f64, f64)> = open
+                .risk_coverage
+                .iter()
+                .map(|p| (p.answered, p.accuracy_among_answered))
+                .collect();
+            let operating = (open.answered, open.accuracy_among_answered);
+            let png = plots::risk_coverage(&curve, operating);
+            write(RISK_COVERAGE_FILE, drawn("the risk–coverage curve", png)?).await?;
+            has_curve = true;
+        }
+        for example in evaluation.examples.iter().flat_map(|e| {
+            e.confused
+                .iter()
+                .chain(&e.rejected)
+                .chain(&e.wrongly_answered)
+        }) {
+            if thumbnails.contains_key(&example.path) {
+                continue;
+            }
+            // A photo that moved or does not decode costs its picture, not the report.
+            match read_photo(&example.path)
+                .await
+                .and_then(|b| plots::thumbnail(&b))
+            {
+                Ok(png) => {
+                    let name = format!("{EXAMPLES_DIR}/{:03}.png", thumbnails.len());
+                    write(&name, png).await?;
+                    thumbnails.insert(example.path.clone(), name);
+                }
+                Err(reason) => {
+                    tracing::warn!(path = %example.path, %reason, "no thumbnail for an example photo")
+                }
+            }
+        }
     }
     let images = html::Images {
         scree: SCREE_FILE,
         scatter: has_plane.then_some(SCATTER_FILE),
         counts: COUNTS_FILE,
         confusion: evaluation.as_ref().map(|_| CONFUSION_FILE),
+        risk_coverage: has_curve.then_some(RISK_COVERAGE_FILE),
+        thumbnails: &thumbnails,
     };
     let page = html::page(&data, evaluation.as_ref(), &images);
     write(INDEX_FILE, page.into_bytes()).await?;
@@ -178,6 +227,21 @@ pub async fn write_report(config: &ReportConfig) -> Result<Written, ReportError>
         labels: data.labels.len(),
         errors: data.errors.total,
     })
+}
+
+/// The bytes of one photo of the run's input, by the path its row names
+/// (a local path or an `s3://` URL).
+async fn read_photo(path: &str) -> Result<Vec<u8>, String> {
+    let (folder, name) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{path} is not a path to a file"))?;
+    let location =
+        Location::parse(if folder.is_empty() { "/" } else { folder }).map_err(|e| e.to_string())?;
+    let bytes = location
+        .read(&location.key(name))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(bytes.to_vec())
 }
 
 /// Reads `evaluation.json` from a local file or an `s3://` key.

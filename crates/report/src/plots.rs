@@ -196,6 +196,77 @@ pub fn scree(explained: &[f64]) -> Result<Vec<u8>, String> {
     })
 }
 
+pub const RISK_COVERAGE_SIZE: (u32, u32) = (660, 400);
+
+/// The risk–coverage curve: accuracy among the answered photos against the
+/// share answered, as the max-softmax threshold sweeps; `operating` (the
+/// classifier's own threshold) is marked.
+pub fn risk_coverage(curve: &[(f64, f64)], operating: (f64, f64)) -> Result<Vec<u8>, String> {
+    let low = curve
+        .iter()
+        .chain(std::iter::once(&operating))
+        .map(|p| p.1)
+        .fold(1.0f64, f64::min);
+    let bottom = ((low - 0.05) * 20.0).floor().max(0.0) / 20.0;
+    render(RISK_COVERAGE_SIZE.0, RISK_COVERAGE_SIZE.1, |root| {
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption("Risk–coverage: answer less, be right more often", bold(17))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..1.0, bottom..1.0)?;
+        chart
+            .configure_mesh()
+            .x_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .x_desc("photos of known labels answered")
+            .y_desc("right among the answered")
+            .label_style(font(13))
+            .axis_desc_style(font(14))
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new(curve.to_vec(), LINE.stroke_width(3)))?
+            .label("max-softmax threshold swept")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], LINE.stroke_width(3)));
+        chart
+            .draw_series(std::iter::once(Circle::new(operating, 7, BAR.filled())))?
+            .label("the classifier's operating point")
+            .legend(|(x, y)| Circle::new((x + 7, y), 5, BAR.filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .label_font(font(13))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.4))
+            .draw()?;
+        Ok(())
+    })
+}
+
+/// Side of a photo thumbnail, pixels.
+pub const THUMBNAIL_SIDE: u32 = 112;
+
+/// A PNG thumbnail (at most [`THUMBNAIL_SIDE`] a side) of the photo in
+/// `bytes`; decoding is bounded (64 Mpx, 512 MiB), a bad file is an error.
+pub fn thumbnail(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(16_384);
+    limits.max_image_height = Some(16_384);
+    limits.max_alloc = Some(512 << 20);
+    reader.limits(limits);
+    let photo = reader.decode().map_err(|e| e.to_string())?;
+    let small = photo.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE).to_rgb8();
+    let mut png = Vec::new();
+    small
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(png)
+}
+
 /// Which labels the scatter names: the most frequent ones, one colour each;
 /// the rest share the grey "other".
 #[derive(Debug, Clone, PartialEq, Eq)]

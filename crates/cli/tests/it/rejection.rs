@@ -209,6 +209,70 @@ fn evaluate_reports_answered_rate_rejections_and_risk_coverage() {
         "{}",
         output.stdout
     );
+    check_examples(&evaluation["examples"]);
+
+    // The report draws the curve and shows the example photos.
+    let report = TRAINED.work.path().join("report");
+    Verger::new()
+        .args(["report", "--input"])
+        .arg(TRAINED.out())
+        .arg("--out")
+        .arg(&report)
+        .arg("--evaluation")
+        .arg(&file)
+        .exec()
+        .assert_success();
+    let curve = image::open(report.join("risk_coverage.png")).unwrap();
+    assert!(curve.width() > 300 && curve.height() > 200);
+    let page = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(page.contains("I don't know"), "the open-set section");
+    assert!(page.contains("<img src=\"risk_coverage.png\""));
+    let examples = &evaluation["examples"];
+    let mut paths: Vec<&str> = ["confused", "rejected", "wrongly_answered"]
+        .iter()
+        .flat_map(|group| examples[group].as_array().unwrap())
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert!(!paths.is_empty(), "{examples}");
+    let thumbnails = read_dir_sorted(&report.join("examples"));
+    assert_eq!(
+        thumbnails.len(),
+        paths.len(),
+        "one thumbnail per example photo"
+    );
+    for (i, thumbnail) in thumbnails.iter().enumerate() {
+        let picture = image::open(thumbnail).unwrap();
+        assert!(picture.width().max(picture.height()) <= 112);
+        assert!(page.contains(&format!("<img src=\"examples/{i:03}.png\"")));
+    }
+}
+
+/// `examples` name real photos of the run, each in the group it belongs to.
+fn check_examples(examples: &Value) {
+    for (group, rejected) in [
+        ("confused", None),
+        ("rejected", Some(true)),
+        ("wrongly_answered", Some(false)),
+    ] {
+        for e in examples[group].as_array().unwrap() {
+            let path = e["path"].as_str().unwrap();
+            assert!(Path::new(path).is_file(), "{group}: {path}");
+            assert!(
+                path.contains(&format!("/{}/", e["label"].as_str().unwrap())),
+                "{e}"
+            );
+            match rejected {
+                None => assert_ne!(e["label"], e["predicted"], "{e}"),
+                Some(true) => assert!(e["rejected_by"].is_string(), "{e}"),
+                Some(false) => {
+                    assert!(e["rejected_by"].is_null(), "{e}");
+                    assert!(path.contains("/other/"), "{e}");
+                }
+            }
+        }
+    }
 }
 
 #[test]
