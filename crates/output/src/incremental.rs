@@ -171,6 +171,14 @@ async fn carry(
             all.push(Arc::new(StringArray::from_iter(
                 versions.iter().map(|v| v.e_tag.clone()),
             )));
+            // Columns a carried row never has (the staged `views` of a
+            // --views run, which --incremental refuses) are null.
+            for field in schema.fields().iter().skip(all.len()) {
+                all.push(arrow::array::new_null_array(
+                    field.data_type(),
+                    kept.num_rows(),
+                ));
+            }
             let staged =
                 RecordBatch::try_new(schema.clone(), all).map_err(|e| arrow_error(&key, e))?;
             writer.write(&staged).await?;
