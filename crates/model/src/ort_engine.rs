@@ -96,6 +96,10 @@ impl OrtEngine {
             .map_err(|e| load_error(e.to_string()))?
             .with_inter_threads(1)
             .map_err(|e| load_error(e.to_string()))?
+            // Idle inference threads sleep instead of spinning: in a run,
+            // decoding threads need those cores between inference calls.
+            .with_intra_op_spinning(false)
+            .map_err(|e| load_error(e.to_string()))?
             .commit_from_file(model_path)
             .map_err(|e| load_error(e.to_string()))?;
         let has_features = session.outputs().iter().any(|o| o.name() == "features");
