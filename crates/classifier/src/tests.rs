@@ -453,3 +453,53 @@ fn keep_threshold_keeps_at_least_the_fraction() {
     let gated = [f32::NEG_INFINITY, 0.2, 0.9, 0.8];
     assert_eq!(keep_threshold(&gated, 0.75), 0.2);
 }
+
+#[test]
+fn training_on_views_fits_their_rows_and_records_what_is_averaged() {
+    // Two "views" per photo: the photo's row, and the same row shifted.
+    let photos = blobs(&["apple", "banana", "cherry"], 12, 8, 0.5, 3, "Training");
+    let mut rows = FeatureTable {
+        location: photos.location.clone(),
+        model_sha256: photos.model_sha256.clone(),
+        dim: photos.dim,
+        ..FeatureTable::default()
+    };
+    let mut photo = Vec::new();
+    for i in 0..photos.len() {
+        for shift in [0.0, 0.1] {
+            rows.paths.push(photos.paths[i].clone());
+            rows.labels.push(photos.labels[i].clone());
+            rows.features
+                .extend(photos.row(i).iter().map(|x| x + shift));
+            photo.push(i);
+        }
+    }
+    let views = TrainingViews {
+        rows: &rows,
+        photo: photo.clone(),
+        averaged: vec!["full".into(), "full-m".into()],
+    };
+    let config = TrainConfig::default();
+    let classifier =
+        train_with_views(&photos, &test_masses(&photos), Some(&views), &config).unwrap();
+    assert_eq!(classifier.views(), ["full", "full-m"]);
+    assert_eq!(classifier.training().view_rows, rows.len());
+    assert_eq!(classifier.training().images, photos.len());
+    let again = Classifier::from_json(&classifier.to_json()).unwrap();
+    assert_eq!(again.views(), classifier.views(), "views survive the file");
+    assert!(
+        small_classifier().views().is_empty(),
+        "no views: none recorded"
+    );
+
+    // A view row pointing past the photos is a shape error, not a panic.
+    let mut bad = photo;
+    bad[0] = photos.len();
+    let views = TrainingViews {
+        rows: &rows,
+        photo: bad,
+        averaged: vec!["full".into()],
+    };
+    let err = train_with_views(&photos, &test_masses(&photos), Some(&views), &config).unwrap_err();
+    assert!(matches!(err, ClassifierError::Shape(_)), "{err}");
+}

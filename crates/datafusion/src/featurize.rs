@@ -177,12 +177,7 @@ impl FeaturizeContext {
         preprocess: &PreprocessConfig,
         views: Option<ViewSet>,
     ) -> Vec<std::result::Result<Featurized, Failure>> {
-        let views = views.map(ViewSet::views).unwrap_or_else(|| {
-            vec![View {
-                crop: None,
-                mirrored: false,
-            }]
-        });
+        let views = views.map_or_else(|| vec![View::WHOLE], ViewSet::views);
         let per_image = views.len();
         let images_per_chunk = (CHUNK_TENSORS / per_image).max(1);
         let mut inputs = inputs.into_iter().peekable();
@@ -226,12 +221,8 @@ impl FeaturizeContext {
                 let start = tensor.len();
                 tensor.resize(start + per_image, 0.0);
                 let out = &mut tensor[start..];
-                let decoded = if views.len() == 1 && views[0].crop.is_none() && !views[0].mirrored {
-                    verger_image::preprocess_into(&bytes, preprocess, out)
-                } else {
-                    verger_image::views::preprocess_views_into(&bytes, preprocess, views, out)
-                };
-                match decoded {
+                // One view (the whole photo) is exactly `preprocess_into`.
+                match verger_image::views::preprocess_views_into(&bytes, preprocess, views, out) {
                     Ok(()) => {
                         slots += 1;
                         Ok(slots - 1)

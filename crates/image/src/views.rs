@@ -62,6 +62,12 @@ pub struct View {
 }
 
 impl View {
+    /// The whole photo, as it is: what `features/` holds.
+    pub const WHOLE: View = View {
+        crop: None,
+        mirrored: false,
+    };
+
     /// `full`, `c0.6`, `tl0.5`, …; mirrored views end in `-m`.
     pub fn name(&self) -> String {
         let base = match self.crop {
