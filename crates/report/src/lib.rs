@@ -192,6 +192,12 @@ pub async fn write_report(config: &ReportConfig) -> Result<Written, ReportError>
             if thumbnails.contains_key(&example.path) {
                 continue;
             }
+            // evaluation.json is a file from outside: read only photos of
+            // the run's own input, never `..` or another folder's files.
+            if !is_input_photo(&example.path, &data.run.job.input) {
+                tracing::warn!(path = %example.path, input = %data.run.job.input, "an example photo outside the run's input is not shown");
+                continue;
+            }
             // A photo that moved or does not decode costs its picture, not the report.
             match read_photo(&example.path)
                 .await
@@ -229,6 +235,18 @@ pub async fn write_report(config: &ReportConfig) -> Result<Written, ReportError>
     })
 }
 
+/// Whether `path` lies under the run's input `root` (a folder or an
+/// `s3://` prefix), with no `..` or empty component on the way.
+fn is_input_photo(path: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    path.strip_prefix(root)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|rest| {
+            rest.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+        })
+}
+
 /// The bytes of one photo of the run's input, by the path its row names
 /// (a local path or an `s3://` URL).
 async fn read_photo(path: &str) -> Result<Vec<u8>, String> {
@@ -261,4 +279,25 @@ async fn read_evaluation(file: &str) -> Result<Evaluation, ReportError> {
     }
     let bytes = location.read(&location.key(name)).await?;
     Evaluation::parse(&bytes).map_err(failed)
+}
+
+#[cfg(test)]
+mod input_photo_tests {
+    use super::is_input_photo;
+
+    #[test]
+    fn only_photos_under_the_runs_input_are_read() {
+        assert!(is_input_photo("/data/in/fruit/Kiwi/a.jpg", "/data/in"));
+        assert!(is_input_photo("s3://b/p/Kiwi/a.jpg", "s3://b/p/"));
+        for outside in [
+            "/data/input-other/Kiwi/a.jpg",
+            "/data/in/../secret/a.jpg",
+            "/data/in//a.jpg",
+            "/etc/passwd",
+            "/data/in",
+            "/dev/zero",
+        ] {
+            assert!(!is_input_photo(outside, "/data/in"), "{outside}");
+        }
+    }
 }
