@@ -4,6 +4,7 @@
 //! cargo run --release -p verger-bench --example decode_rate            # 8 generated 4032x3024 JPEGs
 //! cargo run --release -p verger-bench --example decode_rate -- --images 16 --rounds 5 --size 2000x1500
 //! cargo run --release -p verger-bench --example decode_rate -- photos/*.jpg   # your own files
+//! cargo run --release -p verger-bench --example decode_rate -- --save /tmp/phone   # keep the generated files
 //! ```
 //!
 //! Without files it makes phone-sized JPEGs from the shared Fruits-360 and
@@ -27,6 +28,7 @@ fn main() {
     let mut rounds = 3usize;
     let mut size = phone::PHONE;
     let mut files: Vec<PathBuf> = Vec::new();
+    let mut save: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -44,6 +46,7 @@ fn main() {
                     h.parse().unwrap_or_else(|_| usage("--size WxH")),
                 );
             }
+            "--save" => save = Some(PathBuf::from(value())),
             "-h" | "--help" => usage(""),
             _ if arg.starts_with('-') => usage(&format!("unknown flag {arg}")),
             _ => files.push(PathBuf::from(arg)),
@@ -78,6 +81,15 @@ fn main() {
             .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
             .collect()
     };
+    if let Some(dir) = &save {
+        // The same files for another decoder (e.g. Pillow) to time.
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for (i, bytes) in inputs.iter().enumerate() {
+            let path = dir.join(format!("photo-{i:03}.jpg"));
+            std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        println!("saved {} JPEGs in {}", inputs.len(), dir.display());
+    }
     let mean_mb = inputs.iter().map(|b| b.len() as f64).sum::<f64>() / inputs.len() as f64 / 1e6;
 
     let scaled = PreprocessConfig::default();
@@ -170,6 +182,8 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("decode_rate: {problem}");
     }
-    eprintln!("usage: decode_rate [--images N] [--rounds N] [--size WxH] [FILE.jpg...]");
+    eprintln!(
+        "usage: decode_rate [--images N] [--rounds N] [--size WxH] [--save DIR] [FILE.jpg...]"
+    );
     std::process::exit(2)
 }

@@ -166,41 +166,75 @@ impl FeaturizeContext {
     /// The plain-Rust heart of the function: bytes (or a read failure) in,
     /// features (or a failure) out, in the same order.
     ///
-    /// Decoding and inference overlap: a scoped thread decodes the batch
-    /// chunk by chunk while this one runs the model on the chunk before, so
-    /// on large photos the model is not idle while a core decodes. With
-    /// `views`, each photo is decoded once and every view goes through the
-    /// model; its features are those of the first view (the whole photo).
+    /// Decoding and inference overlap: one scoped thread per core decodes
+    /// the batch chunk by chunk (chunk `i` on thread `i % decoders`) while
+    /// this one runs the model on the chunks in order. On large photos
+    /// decoding is the bulk of the work, so it gets every core the model is
+    /// not using, even when this is the only batch in flight (the last one
+    /// of a run). With `views`, each photo is decoded once and every view
+    /// goes through the model; its features are those of the first view
+    /// (the whole photo).
     pub fn featurize_batch(
         &self,
         inputs: Vec<std::result::Result<bytes::Bytes, Failure>>,
         preprocess: &PreprocessConfig,
         views: Option<ViewSet>,
     ) -> Vec<std::result::Result<Featurized, Failure>> {
+        self.featurize_with_decoders(inputs, preprocess, views, decode_threads())
+    }
+
+    /// [`Self::featurize_batch`] with at most `decoders` decode threads.
+    fn featurize_with_decoders(
+        &self,
+        inputs: Vec<std::result::Result<bytes::Bytes, Failure>>,
+        preprocess: &PreprocessConfig,
+        views: Option<ViewSet>,
+        decoders: usize,
+    ) -> Vec<std::result::Result<Featurized, Failure>> {
         let views = views.map_or_else(|| vec![View::WHOLE], ViewSet::views);
         let per_image = views.len();
         let images_per_chunk = (CHUNK_TENSORS / per_image).max(1);
+        let chunk_count = inputs.len().div_ceil(images_per_chunk);
+        let decoders = decoders.min(chunk_count).max(1);
+        // Chunk `i` goes to decoder `i % decoders`, which is where it is
+        // received from, so the results keep the input order.
+        let mut assigned: Vec<Vec<Vec<_>>> = (0..decoders).map(|_| Vec::new()).collect();
         let mut inputs = inputs.into_iter().peekable();
+        let mut index = 0;
+        while inputs.peek().is_some() {
+            assigned[index % decoders].push(inputs.by_ref().take(images_per_chunk).collect());
+            index += 1;
+        }
         let mut results = Vec::new();
         std::thread::scope(|scope| {
-            // One decoded chunk waits while the next is being decoded.
-            let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedChunk>(1);
             let views = &views;
-            let decoder = scope.spawn(move || {
-                while inputs.peek().is_some() {
-                    let chunk: Vec<_> = inputs.by_ref().take(images_per_chunk).collect();
-                    if sender
-                        .send(self.decode_chunk(chunk, preprocess, views))
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-            for chunk in receiver {
+            let receivers: Vec<_> = assigned
+                .into_iter()
+                .map(|chunks| {
+                    // One decoded chunk per decoder waits while it decodes
+                    // its next one.
+                    let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedChunk>(1);
+                    scope.spawn(move || {
+                        for chunk in chunks {
+                            if sender
+                                .send(self.decode_chunk(chunk, preprocess, views))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                    receiver
+                })
+                .collect();
+            for i in 0..chunk_count {
+                // A decoder that panicked drops its sender; the scope then
+                // re-raises its panic.
+                let Ok(chunk) = receivers[i % decoders].recv() else {
+                    break;
+                };
                 results.extend(self.infer_chunk(chunk, per_image));
             }
-            decoder.join().expect("the decode thread does not panic");
         });
         results
     }
@@ -277,6 +311,13 @@ impl FeaturizeContext {
             })
             .collect()
     }
+}
+
+/// Decode threads per batch: one per core. Inference runs on its own
+/// threads, whose idle ones sleep rather than spin, so the two share the
+/// cores instead of fighting over them.
+fn decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Tensors per inference call inside one batch: small enough that decoding
@@ -530,16 +571,7 @@ mod tests {
         }
         let location = Location::parse(dir.path().to_str().unwrap()).unwrap();
         let metrics = Arc::new(StageMetrics::default());
-        let model_file =
-            verger_model::ModelFile::locate(None, verger_model::Precision::Fp32).unwrap();
-        let config = EngineConfig {
-            choice: EngineChoice::Auto,
-            threads: 2,
-            ort_library: None,
-            batch_size: 8,
-        };
-        let model = SharedModel::load(model_file, &config).unwrap();
-        let context = Arc::new(FeaturizeContext::new(model, metrics.clone()));
+        let context = Arc::new(FeaturizeContext::new(load_model(), metrics.clone()));
         let ctx = SessionContext::new();
         crate::register_functions(&ctx, context);
         let table = ImageTable::new(
@@ -614,5 +646,77 @@ mod tests {
         }
         assert_eq!(metrics.failed.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.featurized.load(Ordering::Relaxed), 1);
+    }
+
+    fn load_model() -> Arc<SharedModel> {
+        let model_file =
+            verger_model::ModelFile::locate(None, verger_model::Precision::Fp32).unwrap();
+        let config = EngineConfig {
+            choice: EngineChoice::Auto,
+            threads: 2,
+            ort_library: None,
+            batch_size: 8,
+        };
+        SharedModel::load(model_file, &config).unwrap()
+    }
+
+    /// Several decode threads, chunks handed out round-robin: every result
+    /// must still land on its own input's row, failures included, with the
+    /// features one decode thread gives.
+    #[test]
+    fn results_keep_input_order_whatever_the_decode_threads() {
+        let context = FeaturizeContext::new(load_model(), Arc::new(StageMetrics::default()));
+        let labels = ["Banana", "Lemon", "Kiwi", "Strawberry"];
+        let photos: Vec<bytes::Bytes> = labels
+            .iter()
+            .map(|label| std::fs::read(sample_image(label)).unwrap().into())
+            .collect();
+        // 5 chunks of 8: a read failure and a non-image at odd places.
+        let inputs = || -> Vec<std::result::Result<bytes::Bytes, Failure>> {
+            (0..37)
+                .map(|i| match i {
+                    9 => Err((FailureKind::NotFound, "gone".to_string())),
+                    22 => Ok(bytes::Bytes::from_static(b"not an image at all")),
+                    _ => Ok(photos[i % photos.len()].clone()),
+                })
+                .collect()
+        };
+        let preprocess = PreprocessConfig::default();
+        let one = context.featurize_with_decoders(inputs(), &preprocess, None, 1);
+        let three = context.featurize_with_decoders(inputs(), &preprocess, None, 3);
+        assert_eq!(one.len(), 37);
+        assert_eq!(three.len(), 37);
+        for (i, (a, b)) in one.iter().zip(&three).enumerate() {
+            match (i, a, b) {
+                (9, Err(a), Err(b)) => {
+                    assert_eq!((a.0, b.0), (FailureKind::NotFound, FailureKind::NotFound))
+                }
+                (22, Err(a), Err(b)) => {
+                    assert_eq!(
+                        (a.0, b.0),
+                        (FailureKind::NotAnImage, FailureKind::NotAnImage)
+                    )
+                }
+                (_, Ok(a), Ok(b)) => {
+                    assert!(max_diff(&a.features, &b.features) < 1e-4, "row {i}");
+                    // Row i is photo i % 4: a row shifted by one would show
+                    // another photo.
+                    let own = &one[i % photos.len()].as_ref().unwrap().features;
+                    assert!(max_diff(&b.features, own) < 1e-3, "row {i}");
+                }
+                _ => panic!("row {i}: one decoder gave {a:?}, three gave {b:?}"),
+            }
+        }
+        // The photos differ, so the check above can fail.
+        let features = |i: usize| &one[i].as_ref().unwrap().features;
+        assert!(max_diff(features(0), features(1)) > 1e-2);
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 }
