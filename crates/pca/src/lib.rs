@@ -291,8 +291,9 @@ pub struct PcaModel {
 
 /// Fits the top `k` principal components from merged statistics.
 ///
-/// The covariance is C = (XᵀX − n·μμᵀ)/(n−1) in `f64`, eigendecomposed with
-/// faer's self-adjoint solver. `center` only changes how [`PcaModel::project`]
+/// The covariance is C = (XᵀX − n·μμᵀ)/(n−1) in `f64`; its top `k`
+/// eigenpairs come from faer's Lanczos solver when `k` is small beside the
+/// dimension, else from its full self-adjoint decomposition. `center` only changes how [`PcaModel::project`]
 /// treats rows; the components are the same either way.
 pub fn fit(stats: &PcaStats, k: usize, center: bool) -> Result<PcaModel, PcaError> {
     let dim = stats.dim;
@@ -315,22 +316,10 @@ pub fn fit(stats: &PcaStats, k: usize, center: bool) -> Result<PcaModel, PcaErro
     }
     let total_variance: f64 = (0..dim).map(|i| cov[(i, i)]).sum();
 
-    let evd = cov
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|_| PcaError::NoConvergence)?;
-    let values = evd.S().column_vector();
-    let vectors = evd.U();
-
-    // faer returns eigenvalues in nondecreasing order.
-    let top = (dim - k..dim).rev();
-    let mut components = Vec::with_capacity(k);
-    let mut eigenvalues = Vec::with_capacity(k);
-    for idx in top {
-        let mut v: Vec<f64> = vectors.col(idx).iter().copied().collect();
-        orient(&mut v);
-        components.push(v);
-        eigenvalues.push(values[idx].max(0.0));
-    }
+    let (eigenvalues, components) = match top_eigen_lanczos(&cov, k, total_variance) {
+        Some(top) => top,
+        None => top_eigen_dense(&cov, k)?,
+    };
     let explained_variance = eigenvalues
         .iter()
         .map(|&l| {
@@ -355,6 +344,94 @@ pub fn fit(stats: &PcaStats, k: usize, center: bool) -> Result<PcaModel, PcaErro
         total_variance,
     })
 }
+
+/// The `k` largest eigenvalues (clamped at 0) and their eigenvectors
+/// (oriented, see [`orient`]), by decreasing eigenvalue.
+type TopEigen = (Vec<f64>, Vec<Vec<f64>>);
+
+/// Every eigenpair of `cov`, then the top `k`: exact, and at the model's
+/// dimension about 0.3 s (an O(dim³) decomposition), whatever `k`.
+fn top_eigen_dense(cov: &Mat<f64>, k: usize) -> Result<TopEigen, PcaError> {
+    let dim = cov.nrows();
+    let evd = cov
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|_| PcaError::NoConvergence)?;
+    let values = evd.S().column_vector();
+    let vectors = evd.U();
+    // faer returns eigenvalues in nondecreasing order.
+    Ok((dim - k..dim)
+        .rev()
+        .map(|idx| {
+            let mut v: Vec<f64> = vectors.col(idx).iter().copied().collect();
+            orient(&mut v);
+            (values[idx].max(0.0), v)
+        })
+        .unzip())
+}
+
+/// The top `k` eigenpairs alone, by faer's restarted Lanczos solver, when
+/// `k` is small beside the dimension (the default k = 5 of 1280): a few
+/// dozen products of `cov` with a vector instead of a full decomposition,
+/// which makes the fit a few milliseconds instead of about 0.3 s.
+///
+/// `None` (the caller then decomposes in full) for small or degenerate
+/// problems and when not every pair converged: each returned pair has a
+/// residual ‖C·v − λ·v‖ of at most 1e-12 of the total variance. The start
+/// vector is fixed, so a fit is reproducible.
+fn top_eigen_lanczos(cov: &Mat<f64>, k: usize, total_variance: f64) -> Option<TopEigen> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::matrix_free::eigen::{
+        PartialEigenParams, partial_self_adjoint_eigen, partial_self_adjoint_eigen_scratch,
+    };
+
+    let dim = cov.nrows();
+    if dim < LANCZOS_MIN_DIM || 4 * k > dim || !(total_variance > 0.0) {
+        return None;
+    }
+    let par = Par::Seq;
+    let params = PartialEigenParams::default();
+    let mut buffer = MemBuffer::try_new(partial_self_adjoint_eigen_scratch::<f64>(
+        cov, k, par, params,
+    ))
+    .ok()?;
+    // A fixed pseudo-random start (splitmix64): no eigenvector of real data
+    // is orthogonal to it.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let start = faer::Col::<f64>::from_fn(dim, |_| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64 - 0.5
+    });
+    let mut vectors = Mat::<f64>::zeros(dim, k);
+    let mut values = vec![0.0f64; k];
+    let info = partial_self_adjoint_eigen(
+        vectors.as_mut(),
+        &mut values,
+        cov,
+        start.as_ref(),
+        1e-12 * total_variance,
+        par,
+        MemStack::new(&mut buffer),
+        params,
+    );
+    if info.n_converged_eigen < k || values.iter().any(|l| !l.is_finite()) {
+        return None;
+    }
+    let mut pairs: Vec<(f64, Vec<f64>)> = (0..k)
+        .map(|j| {
+            let mut v: Vec<f64> = vectors.col(j).iter().copied().collect();
+            orient(&mut v);
+            (values[j].max(0.0), v)
+        })
+        .collect();
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Some(pairs.into_iter().unzip())
+}
+
+/// Below this dimension a full decomposition is cheap enough.
+const LANCZOS_MIN_DIM: usize = 256;
 
 /// Makes the entry of largest magnitude positive (the first one on ties).
 fn orient(v: &mut [f64]) {

@@ -585,3 +585,41 @@ fn centred_scores_have_zero_mean_and_eigenvalue_variance() {
         assert!((var - l).abs() < 1e-9 * l, "score {j}: var {var} vs λ {l}");
     }
 }
+
+/// The default k (5) of the model's 1280 dimensions, and k = 16, are solved
+/// by Lanczos: they must be the full decomposition's top pairs.
+#[test]
+fn lanczos_top_k_matches_the_full_decomposition() {
+    let dim = 1280;
+    let mut rng = Rng(11);
+    let scales: Vec<f64> = (0..24).map(|i| 10.0 / (1.0 + i as f64)).collect();
+    let mut rows = correlated_rows(&mut rng, 400, dim, &scales);
+    rows.iter_mut()
+        .for_each(|x| *x += (0.05 * rng.normal()) as f32);
+    let stats = stats_of(&rows, dim);
+    let n = stats.count() as f64;
+    let mean: Vec<f64> = stats.sum.iter().map(|s| s / n).collect();
+    let cov = Mat::<f64>::from_fn(dim, dim, |i, j| {
+        (stats.xtx_at(i, j) - n * mean[i] * mean[j]) / (n - 1.0)
+    });
+    let total: f64 = (0..dim).map(|i| cov[(i, i)]).sum();
+    for k in [5, 16] {
+        let (lanczos_values, lanczos_vectors) =
+            top_eigen_lanczos(&cov, k, total).expect("k is small beside 1280: Lanczos converges");
+        let (dense_values, dense_vectors) = top_eigen_dense(&cov, k).unwrap();
+        for j in 0..k {
+            let rel = (lanczos_values[j] - dense_values[j]).abs() / dense_values[j];
+            assert!(
+                rel < 1e-9,
+                "k={k}: λ{j} {} vs {}",
+                lanczos_values[j],
+                dense_values[j]
+            );
+            let cos = dot(&lanczos_vectors[j], &dense_vectors[j]);
+            assert!(cos > 1.0 - 1e-8, "k={k}: component {j} cos {cos}");
+        }
+    }
+    // Small or wide requests keep the full decomposition.
+    assert!(top_eigen_lanczos(&cov, 400, total).is_none());
+    assert!(top_eigen_lanczos(&cov, 5, 0.0).is_none());
+}
