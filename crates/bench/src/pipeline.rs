@@ -31,11 +31,20 @@ pub struct BenchConfig {
     pub ort_library: Option<PathBuf>,
     /// Where the repeated inputs and outputs go (a temporary folder by default).
     pub work_dir: Option<PathBuf>,
-    /// Batches timed for the ceiling (before and after the runs).
+    /// Batches of `batch_size` images timed for the ceiling (before and
+    /// after the runs), inferred in calls of [`BenchConfig::inference_batch`].
     pub ceiling_batches: usize,
     /// Where to run: 0 = embedded, N = a local Ballista scheduler with N
     /// executors sharing this machine (e.g. `[0, 1, 2]`).
     pub cluster_executors: Vec<usize>,
+}
+
+impl BenchConfig {
+    /// Images per inference call, as `featurize` makes them: the ceiling and
+    /// the Python peer use the same, so all three run the model alike.
+    pub fn inference_batch(&self) -> usize {
+        self.batch_size.clamp(1, verger_model::PREFERRED_BATCH)
+    }
 }
 
 /// What the benchmark feeds the pipeline.
@@ -249,26 +258,23 @@ fn bench_engine(
     engine: EngineChoice,
     images: &BenchImages,
 ) -> Result<Vec<BenchRow>> {
+    let inference_batch = config.inference_batch();
     let engine_config = EngineConfig {
         choice: engine,
         threads: config.threads,
         ort_library: config.ort_library.clone(),
-        batch_size: config.batch_size,
+        batch_size: inference_batch,
     };
     let model = SharedModel::load(file.clone(), &engine_config)?;
     let name = format!("{} {}", model.engine_name(), file.precision);
-    let ceiling = || {
-        model_ceiling(
-            &model,
-            &images.sample,
-            config.batch_size,
-            config.ceiling_batches,
-        )
-    };
+    // As many images as `ceiling_batches` of `--batch-size`, in the calls
+    // the pipeline makes.
+    let calls = (config.ceiling_batches * config.batch_size).div_ceil(inference_batch);
+    let ceiling = || model_ceiling(&model, &images.sample, inference_batch, calls);
     let mut best_ceiling = ceiling()?;
     eprintln!(
-        "bench: {name} model-only ceiling {best_ceiling:.1} images/s (batch {}, {} threads)",
-        config.batch_size, config.threads
+        "bench: {name} model-only ceiling {best_ceiling:.1} images/s (batch {inference_batch}, {} threads)",
+        config.threads
     );
     let mut rows = Vec::new();
     for &count in &config.image_counts {
@@ -337,7 +343,7 @@ fn measure_run(
 }
 
 /// The Python peer (`peer/pillow_draft.py`) on the same `count` images, with
-/// the fp32 model, the same threads and batch size.
+/// the fp32 model, the same threads, and inference calls of the same size.
 fn bench_peer(
     config: &BenchConfig,
     fp32: &ModelFile,
@@ -359,7 +365,7 @@ fn bench_peer(
         .arg(&script)
         .arg(&fp32.path)
         .arg(config.threads.to_string())
-        .arg(config.batch_size.to_string())
+        .arg(config.inference_batch().to_string())
         .arg(&list)
         .stdout(std::process::Stdio::piped())
         .spawn()

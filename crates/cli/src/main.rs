@@ -260,7 +260,8 @@ struct BenchArgs {
     /// Engines to measure, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "ort")]
     engines: Vec<EngineArg>,
-    /// Batches timed for the model-only ceiling
+    /// Batches of --batch-size images timed for the model-only ceiling (run, like the
+    /// pipeline's inference, in calls of at most 8 images, the engines' fastest size)
     #[arg(long, default_value_t = 40)]
     ceiling_batches: usize,
     /// Folder for the repeated inputs and outputs [default: a temporary folder]
@@ -286,7 +287,7 @@ struct BenchArgs {
     #[arg(long, default_value = "sample")]
     photos: verger_bench::pipeline::Photos,
     /// Also run the Python peer (Pillow with draft() + onnxruntime, fp32, same threads and
-    /// batch) on the same images, with the project's .venv (or VERGER_PYTHON)
+    /// inference calls of the same size) on the same images, with the project's .venv (or VERGER_PYTHON)
     #[arg(long)]
     peer: bool,
     #[command(flatten)]
@@ -467,7 +468,12 @@ fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
             choice: args.model.engine.unwrap_or(EngineArg::Auto).into(),
             threads: args.model.threads.unwrap_or(cores).max(1),
             ort_library: args.model.ort_library,
-            batch_size: args.model.batch_size.max(1),
+            // `featurize` infers in chunks of at most PREFERRED_BATCH
+            // tensors; tract pads every call to its compiled batch.
+            batch_size: args
+                .model
+                .batch_size
+                .clamp(1, verger_model::PREFERRED_BATCH),
         },
     };
     runtime()?.block_on(verger_cluster::run_executor(options))

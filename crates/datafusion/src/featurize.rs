@@ -320,9 +320,10 @@ fn decode_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Tensors per inference call inside one batch: small enough that decoding
-/// the next chunk overlaps the model's work on this one.
-const CHUNK_TENSORS: usize = 8;
+/// Tensors per inference call inside one batch: the engines' fastest batch,
+/// and small enough that decoding the next chunk overlaps the model's work
+/// on this one.
+const CHUNK_TENSORS: usize = verger_model::PREFERRED_BATCH;
 
 /// One chunk of a batch, decoded: the tensors of the images that decoded,
 /// and each image's slot among them (or why it failed).

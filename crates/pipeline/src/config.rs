@@ -147,7 +147,9 @@ impl RunConfig {
             choice: self.engine.unwrap_or_default(),
             threads: self.threads.unwrap_or_else(cores),
             ort_library: self.ort_library.clone(),
-            batch_size: self.batch_size,
+            // `featurize` infers in chunks of at most PREFERRED_BATCH
+            // tensors; tract pads every call to its compiled batch.
+            batch_size: self.batch_size.min(verger_model::PREFERRED_BATCH),
         }
     }
 
@@ -194,5 +196,20 @@ mod tests {
             err.contains("--views cannot go with --incremental"),
             "{err}"
         );
+    }
+
+    /// tract pads every call to its compiled batch, and `featurize` calls
+    /// with at most PREFERRED_BATCH tensors: compiling for 32 would make
+    /// tract do four times the work.
+    #[test]
+    fn the_engine_is_compiled_for_the_calls_featurize_makes() {
+        let mut config = RunConfig::new("in", "out");
+        config.batch_size = 32;
+        assert_eq!(
+            config.engine_config().batch_size,
+            verger_model::PREFERRED_BATCH
+        );
+        config.batch_size = 3;
+        assert_eq!(config.engine_config().batch_size, 3);
     }
 }
