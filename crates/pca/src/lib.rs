@@ -385,7 +385,7 @@ fn top_eigen_lanczos(cov: &Mat<f64>, k: usize, total_variance: f64) -> Option<To
     };
 
     let dim = cov.nrows();
-    if dim < LANCZOS_MIN_DIM || 4 * k > dim || !(total_variance > 0.0) {
+    if dim < LANCZOS_MIN_DIM || 4 * k > dim || total_variance.is_nan() || total_variance <= 0.0 {
         return None;
     }
     let par = Par::Seq;
