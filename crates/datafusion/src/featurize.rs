@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -166,21 +166,25 @@ impl FeaturizeContext {
     /// The plain-Rust heart of the function: bytes (or a read failure) in,
     /// features (or a failure) out, in the same order.
     ///
-    /// Decoding and inference overlap: one scoped thread per core decodes
-    /// the batch chunk by chunk (chunk `i` on thread `i % decoders`) while
-    /// this one runs the model on the chunks in order. On large photos
-    /// decoding is the bulk of the work, so it gets every core the model is
-    /// not using, even when this is the only batch in flight (the last one
-    /// of a run). With `views`, each photo is decoded once and every view
-    /// goes through the model; its features are those of the first view
-    /// (the whole photo).
+    /// Decoding and inference overlap: scoped threads decode the batch
+    /// chunk by chunk (chunk `i` on thread `i % decoders`) while this one
+    /// runs the model on the chunks in order. On large photos decoding is
+    /// the bulk of the work, so a batch gets up to one decode thread per
+    /// core that the process's other batches are not using
+    /// ([`DecoderPermit`]): all of them when it is the only batch in flight
+    /// (the last one of a run). With `views`, each photo is decoded once and
+    /// every view goes through the model; its features are those of the
+    /// first view (the whole photo).
     pub fn featurize_batch(
         &self,
         inputs: Vec<std::result::Result<bytes::Bytes, Failure>>,
         preprocess: &PreprocessConfig,
         views: Option<ViewSet>,
     ) -> Vec<std::result::Result<Featurized, Failure>> {
-        self.featurize_with_decoders(inputs, preprocess, views, decode_threads())
+        let per_image = views.map_or(1, |v| v.views().len());
+        let chunks = inputs.len().div_ceil((CHUNK_TENSORS / per_image).max(1));
+        let permit = DecoderPermit::acquire(&DECODERS_RUNNING, chunks, cores());
+        self.featurize_with_decoders(inputs, preprocess, views, permit.granted)
     }
 
     /// [`Self::featurize_batch`] with at most `decoders` decode threads.
@@ -313,11 +317,40 @@ impl FeaturizeContext {
     }
 }
 
-/// Decode threads per batch: one per core. Inference runs on its own
-/// threads, whose idle ones sleep rather than spin, so the two share the
-/// cores instead of fighting over them.
-fn decode_threads() -> usize {
+fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Decode threads running in this process, over all its batches.
+static DECODERS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// The decode threads of one batch: always one, and more only while the
+/// process runs fewer than one per core. Concurrent batches (one per
+/// partition or task) then share the cores, and the decoded chunks waiting
+/// in memory stay about one per core, while a batch running alone gets
+/// every core. Inference runs on its own threads, whose idle ones sleep
+/// rather than spin, so decoders and model share the cores.
+struct DecoderPermit<'a> {
+    running: &'a AtomicUsize,
+    granted: usize,
+}
+
+impl<'a> DecoderPermit<'a> {
+    fn acquire(running: &'a AtomicUsize, wanted: usize, cores: usize) -> Self {
+        let mut granted = 1;
+        // The closure always returns Some, so the update cannot fail.
+        let _ = running.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            granted = wanted.min(cores.saturating_sub(now)).max(1);
+            Some(now + granted)
+        });
+        DecoderPermit { running, granted }
+    }
+}
+
+impl Drop for DecoderPermit<'_> {
+    fn drop(&mut self) {
+        self.running.fetch_sub(self.granted, Ordering::AcqRel);
+    }
 }
 
 /// Tensors per inference call inside one batch: the engines' fastest batch,
@@ -719,5 +752,21 @@ mod tests {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn decode_threads_are_shared_between_concurrent_batches() {
+        let running = AtomicUsize::new(0);
+        let alone = DecoderPermit::acquire(&running, 4, 2);
+        assert_eq!(alone.granted, 2, "a batch alone gets every core");
+        let second = DecoderPermit::acquire(&running, 4, 2);
+        assert_eq!(second.granted, 1, "a batch always gets one decoder");
+        drop(alone);
+        assert_eq!(running.load(Ordering::Relaxed), 1);
+        let third = DecoderPermit::acquire(&running, 4, 2);
+        assert_eq!(third.granted, 1);
+        drop((second, third));
+        assert_eq!(running.load(Ordering::Relaxed), 0);
+        assert_eq!(DecoderPermit::acquire(&running, 1, 8).granted, 1);
     }
 }
