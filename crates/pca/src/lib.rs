@@ -306,16 +306,11 @@ pub fn fit(stats: &PcaStats, k: usize, center: bool) -> Result<PcaModel, PcaErro
     if stats.n < 2 {
         return Err(PcaError::TooFewRows { n: stats.n });
     }
-    let n = stats.n as f64;
-    let mean: Vec<f64> = stats.sum.iter().map(|s| s / n).collect();
-    let cov = Mat::<f64>::from_fn(dim, dim, |i, j| {
-        (stats.xtx_at(i, j) - n * mean[i] * mean[j]) / (n - 1.0)
-    });
-    if !cov.is_all_finite() {
-        return Err(PcaError::NonFinite);
-    }
-    let total_variance: f64 = (0..dim).map(|i| cov[(i, i)]).sum();
-
+    let Covariance {
+        mean,
+        cov,
+        total_variance,
+    } = covariance(stats)?;
     let (eigenvalues, components) = match top_eigen_lanczos(&cov, k, total_variance) {
         Some(top) => top,
         None => top_eigen_dense(&cov, k)?,
@@ -341,6 +336,34 @@ pub fn fit(stats: &PcaStats, k: usize, center: bool) -> Result<PcaModel, PcaErro
         components,
         eigenvalues,
         explained_variance,
+        total_variance,
+    })
+}
+
+/// The sample covariance of merged statistics and what `fit` needs beside it.
+struct Covariance {
+    mean: Vec<f64>,
+    /// C = (XᵀX − n·μμᵀ)/(n−1), in `f64`.
+    cov: Mat<f64>,
+    /// The trace of C.
+    total_variance: f64,
+}
+
+/// C from the statistics (at least 2 rows); non-finite entries are refused.
+fn covariance(stats: &PcaStats) -> Result<Covariance, PcaError> {
+    let dim = stats.dim;
+    let n = stats.n as f64;
+    let mean: Vec<f64> = stats.sum.iter().map(|s| s / n).collect();
+    let cov = Mat::<f64>::from_fn(dim, dim, |i, j| {
+        (stats.xtx_at(i, j) - n * mean[i] * mean[j]) / (n - 1.0)
+    });
+    if !cov.is_all_finite() {
+        return Err(PcaError::NonFinite);
+    }
+    let total_variance = (0..dim).map(|i| cov[(i, i)]).sum();
+    Ok(Covariance {
+        mean,
+        cov,
         total_variance,
     })
 }

@@ -420,14 +420,21 @@ fn fit_matches_naive_covariance_and_jacobi() {
     assert!((total - 1.0).abs() < 1e-10, "{total}");
 }
 
+/// `n` rows of the model's 1280 dimensions: 24 decaying directions plus
+/// noise of standard deviation `noise` on every value.
+fn model_like_rows(seed: u64, n: usize, noise: f64) -> Vec<f32> {
+    let mut rng = Rng(seed);
+    let scales: Vec<f64> = (0..24).map(|i| 10.0 / (1.0 + i as f64)).collect();
+    let mut rows = correlated_rows(&mut rng, n, 1280, &scales);
+    rows.iter_mut()
+        .for_each(|x| *x += (noise * rng.normal()) as f32);
+    rows
+}
+
 #[test]
 fn fit_at_model_dimension_is_an_orthonormal_eigenbasis() {
     let dim = 1280;
-    let mut rng = Rng(5);
-    let scales: Vec<f64> = (0..24).map(|i| 10.0 / (1.0 + i as f64)).collect();
-    let mut rows = correlated_rows(&mut rng, 320, dim, &scales);
-    rows.iter_mut()
-        .for_each(|x| *x += (0.01 * rng.normal()) as f32);
+    let rows = model_like_rows(5, 320, 0.01);
     let mut stats = PcaStats::new(dim);
     for batch in rows.chunks(32 * dim) {
         stats.add_rows(batch);
@@ -591,18 +598,12 @@ fn centred_scores_have_zero_mean_and_eigenvalue_variance() {
 #[test]
 fn lanczos_top_k_matches_the_full_decomposition() {
     let dim = 1280;
-    let mut rng = Rng(11);
-    let scales: Vec<f64> = (0..24).map(|i| 10.0 / (1.0 + i as f64)).collect();
-    let mut rows = correlated_rows(&mut rng, 400, dim, &scales);
-    rows.iter_mut()
-        .for_each(|x| *x += (0.05 * rng.normal()) as f32);
-    let stats = stats_of(&rows, dim);
-    let n = stats.count() as f64;
-    let mean: Vec<f64> = stats.sum.iter().map(|s| s / n).collect();
-    let cov = Mat::<f64>::from_fn(dim, dim, |i, j| {
-        (stats.xtx_at(i, j) - n * mean[i] * mean[j]) / (n - 1.0)
-    });
-    let total: f64 = (0..dim).map(|i| cov[(i, i)]).sum();
+    let stats = stats_of(&model_like_rows(11, 400, 0.05), dim);
+    let Covariance {
+        cov,
+        total_variance: total,
+        ..
+    } = covariance(&stats).unwrap();
     for k in [5, 16] {
         let (lanczos_values, lanczos_vectors) =
             top_eigen_lanczos(&cov, k, total).expect("k is small beside 1280: Lanczos converges");
