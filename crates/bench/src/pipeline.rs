@@ -3,7 +3,8 @@
 //! The machine is shared and CPUs differ, so the headline is a ratio taken in
 //! one go: end-to-end images/s of a real `verger run` (a child process, so its
 //! peak RSS is its own) over the *model-only ceiling* (batched inference on
-//! tensors prepared beforehand, same engine, same threads, same batch size).
+//! tensors prepared beforehand, same engine, same threads split into the same
+//! sessions, same inference batch size).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -262,6 +263,9 @@ fn bench_engine(
     let engine_config = EngineConfig {
         choice: engine,
         threads: config.threads,
+        // The layout an embedded `verger run` chooses: one session per
+        // partition, and a run has one partition per core.
+        sessions: verger_model::sessions_for(config.threads, cores()),
         ort_library: config.ort_library.clone(),
         batch_size: inference_batch,
     };
@@ -273,8 +277,9 @@ fn bench_engine(
     let ceiling = || model_ceiling(&model, &images.sample, inference_batch, calls);
     let mut best_ceiling = ceiling()?;
     eprintln!(
-        "bench: {name} model-only ceiling {best_ceiling:.1} images/s (batch {inference_batch}, {} threads)",
-        config.threads
+        "bench: {name} model-only ceiling {best_ceiling:.1} images/s (batch {inference_batch}, {} threads in {} sessions)",
+        config.threads,
+        model.sessions()
     );
     let mut rows = Vec::new();
     for &count in &config.image_counts {
@@ -524,12 +529,36 @@ fn model_ceiling(
         let bytes = std::fs::read(&sample[i % sample.len()])?;
         verger_image::preprocess_into(&bytes, &Default::default(), chunk)?;
     }
-    model.features(&tensor, batch)?; // warm-up
+    // One caller per session, as a run's partitions call it.
+    let callers = model.sessions();
+    let calls = |count: usize| -> Result<()> {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = (0..callers)
+                .map(|caller| {
+                    let tensor = &tensor;
+                    // Caller `c` makes calls c, c + callers, ...: `count` in all.
+                    let mine = (caller..count).step_by(callers).count();
+                    scope.spawn(move || -> Result<()> {
+                        for _ in 0..mine {
+                            model.features(tensor, batch)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .try_for_each(|caller| caller.join().expect("a ceiling caller panicked"))
+        })
+    };
+    calls(callers)?; // warm-up: every session once
     let started = Instant::now();
-    for _ in 0..batches.max(1) {
-        model.features(&tensor, batch)?;
-    }
+    calls(batches.max(1))?;
     Ok((batches.max(1) * batch) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 struct ChildRun {

@@ -172,7 +172,9 @@ struct ModelArgs {
     /// Images per inference batch
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Threads per inference call [default: all cores]
+    /// Inference threads in all [default: all cores]. A run splits them into one model
+    /// session per partition (two 1-thread sessions outrun one 2-thread session), an executor
+    /// into one per task slot
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -442,6 +444,7 @@ fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
 
 fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = args.model.threads.unwrap_or(cores).max(1);
     let scheduler = args
         .scheduler
         .strip_prefix("df://")
@@ -466,7 +469,9 @@ fn run_executor(args: ExecutorArgs) -> anyhow::Result<()> {
         precision: args.precision,
         engine: verger_model::EngineConfig {
             choice: args.model.engine.unwrap_or(EngineArg::Auto).into(),
-            threads: args.model.threads.unwrap_or(cores).max(1),
+            threads,
+            // Each task slot infers its own batches.
+            sessions: verger_model::sessions_for(threads, args.concurrent_tasks.max(1)),
             ort_library: args.model.ort_library,
             // `featurize` infers in chunks of at most PREFERRED_BATCH
             // tensors; tract pads every call to its compiled batch.
@@ -601,7 +606,8 @@ struct ServeArgs {
     /// ONNX Runtime shared library (libonnxruntime.so from the onnxruntime wheel)
     #[arg(long = "ort-lib", env = "ORT_DYLIB_PATH")]
     ort_library: Option<PathBuf>,
-    /// Threads per inference call [default: all cores]
+    /// Inference threads [default: all cores], all in one model session so that a lone photo
+    /// is answered fast
     #[arg(long)]
     threads: Option<usize>,
     /// Which weights: fp32 (the shared model) or int8 (built by tools/quantize_int8.py); the

@@ -688,6 +688,8 @@ mod tests {
         let config = EngineConfig {
             choice: EngineChoice::Auto,
             threads: 2,
+            // Two sessions: concurrent batches in these tests share them.
+            sessions: 2,
             ort_library: None,
             batch_size: 8,
         };

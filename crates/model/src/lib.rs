@@ -27,7 +27,7 @@ mod tract_engine;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 pub use imagenet_head::{
     IMAGENET_CLASSES, IMAGENET_FRUIT_CLASSES, ImagenetHead, fruit_mass_of_logits,
@@ -323,21 +323,51 @@ pub(crate) fn search_upwards(mut probe: impl FnMut(&Path) -> Option<PathBuf>) ->
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub choice: EngineChoice,
-    /// Threads inside one inference call.
+    /// Inference threads in all, shared evenly by the sessions.
     pub threads: usize,
+    /// Copies of the model that run calls side by side (see
+    /// [`sessions_for`]); each call takes a free one.
+    pub sessions: usize,
     /// Explicit ONNX Runtime library; otherwise `ORT_DYLIB_PATH` and the usual places.
     pub ort_library: Option<PathBuf>,
     /// Batch size tract is compiled for (it pads short batches).
     pub batch_size: usize,
 }
 
+impl EngineConfig {
+    /// Threads inside one inference call.
+    pub fn threads_per_session(&self) -> usize {
+        (self.threads / self.sessions.max(1)).max(1)
+    }
+}
+
+/// Sessions for `threads` inference threads when up to `concurrent_calls`
+/// callers infer at once: one per caller, each with its share of threads.
+///
+/// Sessions of one thread each beat one session whose every operator is
+/// split over all the threads: no thread waits for the slowest at the end
+/// of each of the network's ~100 operators, which matters most when decode
+/// threads share the cores. On the 2-core development machine ONNX Runtime
+/// alone does 335 fp32 images/s as two 1-thread sessions against 318 as
+/// one 2-thread session (int8: 699 against 622; `verger bench` prints its
+/// ceiling with the layout the run uses). A single caller (the service
+/// answering one photo, a run with `--partitions 1`) keeps one session with
+/// every thread, so that one call is as fast as it can be.
+pub fn sessions_for(threads: usize, concurrent_calls: usize) -> usize {
+    threads.min(concurrent_calls).max(1)
+}
+
 /// A model loaded once and shared by every task of the process.
 ///
-/// Inference calls are serialised by a mutex: the engine already uses all the
-/// threads it was given, so running two batches at once would only thrash;
-/// meanwhile other tasks read and decode the next images.
+/// It holds [`EngineConfig::sessions`] copies of the network (ONNX Runtime
+/// sessions or tract plans), each with its share of the threads. A call
+/// takes a free one and waits while all are busy: more calls at once than
+/// sessions would only thrash the cores, and meanwhile other threads read
+/// and decode the next images.
 pub struct SharedModel {
-    engine: Mutex<Box<dyn FeatureEngine>>,
+    idle_engines: Mutex<Vec<Box<dyn FeatureEngine>>>,
+    engine_returned: Condvar,
+    sessions: usize,
     engine_name: &'static str,
     file: ModelFile,
 }
@@ -346,45 +376,56 @@ impl std::fmt::Debug for SharedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedModel")
             .field("engine", &self.engine_name)
+            .field("sessions", &self.sessions)
             .field("file", &self.file)
             .finish()
     }
 }
 
 impl SharedModel {
-    /// Loads `file` into the engine `config` asks for. The file was found
-    /// and hashed by [`ModelFile::locate`] (or [`ModelFile::open`]).
+    /// Loads `file` into the engine `config` asks for, once per session
+    /// (side by side, so start-up does not grow with them). The file was
+    /// found and hashed by [`ModelFile::locate`] (or [`ModelFile::open`]).
     pub fn load(file: ModelFile, config: &EngineConfig) -> Result<Arc<Self>, ModelError> {
-        let model_path = file.path.as_path();
         let started = std::time::Instant::now();
-        let engine: Box<dyn FeatureEngine> = match config.choice {
-            EngineChoice::Ort => Box::new(OrtEngine::load(model_path, config)?),
-            EngineChoice::Tract => Box::new(TractEngine::load(model_path, config)?),
-            EngineChoice::Auto => match OrtEngine::load(model_path, config) {
-                Ok(engine) => Box::new(engine),
-                Err(err @ ModelError::OrtLibraryMissing { .. }) => {
-                    tracing::warn!("{err}; falling back to the slower tract engine");
-                    Box::new(TractEngine::load(model_path, config)?)
-                }
-                Err(err) => return Err(err),
-            },
-        };
+        let sessions = config.sessions.max(1);
+        let choice = resolve_choice(config);
+        let loaded: Vec<Result<Box<dyn FeatureEngine>, ModelError>> = std::thread::scope(|scope| {
+            let loading: Vec<_> = (0..sessions)
+                .map(|_| scope.spawn(|| load_engine(&file.path, choice, config)))
+                .collect();
+            loading
+                .into_iter()
+                .map(|handle| handle.join().expect("a model-loading thread panicked"))
+                .collect()
+        });
+        let engines = loaded.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let engine_name = engines[0].name();
         let loads = MODEL_LOADS.fetch_add(1, Ordering::SeqCst) + 1;
         tracing::info!(
-            engine = engine.name(),
+            engine = engine_name,
             model = %file.path.display(),
             sha256 = %file.sha256,
             precision = %file.precision,
+            sessions,
+            threads_per_session = config.threads_per_session(),
             pid = std::process::id(),
             loads_in_process = loads,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
         Ok(Arc::new(SharedModel {
-            engine_name: engine.name(),
-            engine: Mutex::new(engine),
+            idle_engines: Mutex::new(engines),
+            engine_returned: Condvar::new(),
+            sessions,
+            engine_name,
             file,
         }))
+    }
+
+    /// Copies of the network that can run at once.
+    pub fn sessions(&self) -> usize {
+        self.sessions
     }
 
     pub fn engine_name(&self) -> &'static str {
@@ -415,13 +456,39 @@ impl SharedModel {
         if batch == 0 {
             return (Ok(Vec::new()), std::time::Duration::ZERO);
         }
-        let mut engine = self
-            .engine
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut engine = self.take_engine();
         let started = std::time::Instant::now();
         let output = engine.features(input, batch);
-        (self.check_output(output, batch), started.elapsed())
+        let elapsed = started.elapsed();
+        self.return_engine(engine);
+        (self.check_output(output, batch), elapsed)
+    }
+
+    /// A free session, waiting while every one is busy.
+    fn take_engine(&self) -> Box<dyn FeatureEngine> {
+        // An engine is only ever pushed and popped under the lock, so a
+        // panic elsewhere cannot leave the list half-changed.
+        let mut idle = self
+            .idle_engines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            if let Some(engine) = idle.pop() {
+                return engine;
+            }
+            idle = self
+                .engine_returned
+                .wait(idle)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn return_engine(&self, engine: Box<dyn FeatureEngine>) {
+        self.idle_engines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(engine);
+        self.engine_returned.notify_one();
     }
 
     fn check_output(
@@ -442,6 +509,33 @@ impl SharedModel {
         }
         Ok(output)
     }
+}
+
+/// The engine to load every session with: `Auto` becomes ONNX Runtime when
+/// its library is found, else tract (with one warning, not one per session).
+fn resolve_choice(config: &EngineConfig) -> EngineChoice {
+    match config.choice {
+        EngineChoice::Auto => match find_onnxruntime_library(config.ort_library.as_deref()) {
+            Ok(_) => EngineChoice::Ort,
+            Err(err) => {
+                tracing::warn!("{err}; falling back to the slower tract engine");
+                EngineChoice::Tract
+            }
+        },
+        chosen => chosen,
+    }
+}
+
+/// One session of `choice` (already resolved from `Auto`).
+fn load_engine(
+    model_path: &Path,
+    choice: EngineChoice,
+    config: &EngineConfig,
+) -> Result<Box<dyn FeatureEngine>, ModelError> {
+    Ok(match choice {
+        EngineChoice::Tract => Box::new(TractEngine::load(model_path, config)?),
+        EngineChoice::Ort | EngineChoice::Auto => Box::new(OrtEngine::load(model_path, config)?),
+    })
 }
 
 #[cfg(test)]

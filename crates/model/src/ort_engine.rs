@@ -92,7 +92,7 @@ impl OrtEngine {
             .map_err(|e| load_error(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| load_error(e.to_string()))?
-            .with_intra_threads(config.threads.max(1))
+            .with_intra_threads(config.threads_per_session())
             .map_err(|e| load_error(e.to_string()))?
             .with_inter_threads(1)
             .map_err(|e| load_error(e.to_string()))?

@@ -7,6 +7,7 @@ fn config(choice: EngineChoice) -> EngineConfig {
     EngineConfig {
         choice,
         threads: 2,
+        sessions: 1,
         ort_library: None,
         batch_size: 2,
     }
@@ -242,4 +243,56 @@ fn fruit_mass_is_the_softmax_mass_of_classes_948_to_957() {
     logits[950] = 0.0;
     logits[947] = 100.0;
     assert!(fruit_mass_of_logits(&logits) < 1e-6);
+}
+
+/// Two sessions called from four threads at once: every call gets the
+/// features of its own input, as one session gives them, and no call is
+/// lost while both sessions are busy.
+#[test]
+fn concurrent_calls_on_two_sessions_keep_their_own_features() {
+    let one = SharedModel::load(shared_model(), &config(EngineChoice::Ort)).unwrap();
+    let two = SharedModel::load(
+        shared_model(),
+        &EngineConfig {
+            sessions: 2,
+            ..config(EngineChoice::Ort)
+        },
+    )
+    .unwrap();
+    assert_eq!(two.sessions(), 2);
+    // Input `i` is the linspace image scaled by a factor of its own, so a
+    // result handed to the wrong caller shows.
+    let inputs: Vec<Vec<f32>> = (0..4)
+        .map(|i| {
+            let scale = 0.25 + 0.25 * i as f32;
+            linspace_image().iter().map(|v| v * scale).collect()
+        })
+        .collect();
+    let expected: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|input| one.features(input, 1).unwrap())
+        .collect();
+    for pair in expected.windows(2) {
+        assert_ne!(pair[0], pair[1], "the inputs must give different features");
+    }
+    let got: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+        let callers: Vec<_> = inputs
+            .iter()
+            .map(|input| {
+                let two = &two;
+                scope.spawn(move || (0..3).map(|_| two.features(input, 1).unwrap()).collect())
+            })
+            .collect();
+        callers.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (caller, (results, want)) in got.iter().zip(&expected).enumerate() {
+        for result in results {
+            let worst = result
+                .iter()
+                .zip(want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "caller {caller}: off by {worst}");
+        }
+    }
 }

@@ -44,7 +44,8 @@ impl TractEngine {
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| load_error(format!("{e:#}")))?;
-        let executor = tract_linalg::multithread::Executor::multithread(config.threads.max(1));
+        let executor =
+            tract_linalg::multithread::Executor::multithread(config.threads_per_session());
         Ok(TractEngine {
             plan,
             batch_size,

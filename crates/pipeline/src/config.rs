@@ -51,7 +51,8 @@ pub struct RunConfig {
     pub engine: Option<EngineChoice>,
     pub ort_library: Option<PathBuf>,
     pub batch_size: usize,
-    /// Threads inside one inference call (`None`: every core).
+    /// Inference threads in all (`None`: every core), one model session per
+    /// partition sharing them.
     pub threads: Option<usize>,
     /// Parallel tasks (embedded) or slices (cluster).
     pub partitions: usize,
@@ -143,9 +144,12 @@ impl RunConfig {
 
     /// The engine settings of an embedded run.
     pub(crate) fn engine_config(&self) -> EngineConfig {
+        let threads = self.threads.unwrap_or_else(cores);
         EngineConfig {
             choice: self.engine.unwrap_or_default(),
-            threads: self.threads.unwrap_or_else(cores),
+            threads,
+            // Each partition infers its own batches.
+            sessions: verger_model::sessions_for(threads, self.partitions),
             ort_library: self.ort_library.clone(),
             // `featurize` infers in chunks of at most PREFERRED_BATCH
             // tensors; tract pads every call to its compiled batch.
@@ -211,5 +215,22 @@ mod tests {
         );
         config.batch_size = 3;
         assert_eq!(config.engine_config().batch_size, 3);
+    }
+
+    /// One session per partition, the threads shared among them; a single
+    /// partition keeps every thread in one session.
+    #[test]
+    fn each_partition_gets_its_own_session() {
+        let mut config = RunConfig::new("in", "out");
+        config.threads = Some(4);
+        config.partitions = 2;
+        let engine = config.engine_config();
+        assert_eq!((engine.sessions, engine.threads_per_session()), (2, 2));
+        config.partitions = 1;
+        let engine = config.engine_config();
+        assert_eq!((engine.sessions, engine.threads_per_session()), (1, 4));
+        config.partitions = 16;
+        let engine = config.engine_config();
+        assert_eq!((engine.sessions, engine.threads_per_session()), (4, 1));
     }
 }

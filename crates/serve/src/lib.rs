@@ -123,6 +123,10 @@ impl ServeConfig {
             engine: EngineConfig {
                 choice: EngineChoice::Auto,
                 threads: cores,
+                // One session with every thread: a lone photo is answered
+                // as fast as the cores allow, and concurrent requests are
+                // batched together anyway.
+                sessions: 1,
                 ort_library: None,
                 batch_size: batch.max_batch,
             },

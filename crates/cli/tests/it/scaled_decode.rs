@@ -72,6 +72,7 @@ fn scaled_decode_keeps_the_features_of_the_full_decode() {
     let config = EngineConfig {
         choice: EngineChoice::Ort,
         threads: 2,
+        sessions: 1,
         ort_library: None,
         batch_size: 8,
     };
