@@ -59,8 +59,46 @@ fn normalise_planar(rgb: &[u8], out: &mut [f32]) {
     let (g_plane, b_plane) = rest.split_at_mut(PLANE_LEN);
     let planes = r_plane.iter_mut().zip(g_plane).zip(b_plane);
     for (((r, g), b), px) in planes.zip(rgb.chunks_exact(3)) {
-        *r = f32::from(px[0]) / 127.5 - 1.0;
-        *g = f32::from(px[1]) / 127.5 - 1.0;
-        *b = f32::from(px[2]) / 127.5 - 1.0;
+        *r = NORMALISED[usize::from(px[0])];
+        *g = NORMALISED[usize::from(px[1])];
+        *b = NORMALISED[usize::from(px[2])];
+    }
+}
+
+/// `v / 127.5 - 1` for every byte `v`, computed at compile time: a table
+/// look-up gives the very same floats as the division, at a fraction of its
+/// cost (the division was a fifth of preprocessing a small photo).
+const NORMALISED: [f32; 256] = {
+    let mut table = [0f32; 256];
+    let mut v = 0;
+    while v < 256 {
+        table[v] = v as f32 / 127.5 - 1.0;
+        v += 1;
+    }
+    table
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_the_division_bit_for_bit() {
+        for v in 0..=255u8 {
+            let divided = f32::from(v) / 127.5 - 1.0;
+            assert_eq!(
+                NORMALISED[usize::from(v)].to_bits(),
+                divided.to_bits(),
+                "{v}"
+            );
+        }
+        let rgb: Vec<u8> = (0..PLANE_LEN * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let mut out = vec![0f32; PLANE_LEN * 3];
+        normalise_planar(&rgb, &mut out);
+        // Pixel 1 is bytes 3, 4, 5: its R, G and B land one plane apart.
+        let one = |byte: usize| f32::from(rgb[byte]) / 127.5 - 1.0;
+        assert_eq!(out[1], one(3));
+        assert_eq!(out[PLANE_LEN + 1], one(4));
+        assert_eq!(out[2 * PLANE_LEN + 1], one(5));
     }
 }
