@@ -1054,6 +1054,10 @@ mod tests {
     /// A child's peak is its own, not the benchmark's: this process holds
     /// 256 MiB when it starts `dd` with a 64 MiB buffer.
     #[test]
+    #[expect(
+        clippy::zombie_processes,
+        reason = "wait_with_peak_rss reaps the child by its pid"
+    )]
     fn a_childs_peak_memory_is_its_own() {
         let held = std::hint::black_box(vec![1u8; 256 << 20]);
         let child = std::process::Command::new("dd")
