@@ -456,16 +456,16 @@ impl SharedModel {
         if batch == 0 {
             return (Ok(Vec::new()), std::time::Duration::ZERO);
         }
-        let mut engine = self.take_engine();
+        let mut session = self.take_session();
         let started = std::time::Instant::now();
-        let output = engine.features(input, batch);
+        let output = session.engine().features(input, batch);
         let elapsed = started.elapsed();
-        self.return_engine(engine);
+        drop(session);
         (self.check_output(output, batch), elapsed)
     }
 
     /// A free session, waiting while every one is busy.
-    fn take_engine(&self) -> Box<dyn FeatureEngine> {
+    fn take_session(&self) -> Session<'_> {
         // An engine is only ever pushed and popped under the lock, so a
         // panic elsewhere cannot leave the list half-changed.
         let mut idle = self
@@ -474,21 +474,16 @@ impl SharedModel {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
             if let Some(engine) = idle.pop() {
-                return engine;
+                return Session {
+                    model: self,
+                    engine: Some(engine),
+                };
             }
             idle = self
                 .engine_returned
                 .wait(idle)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-    }
-
-    fn return_engine(&self, engine: Box<dyn FeatureEngine>) {
-        self.idle_engines
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(engine);
-        self.engine_returned.notify_one();
     }
 
     fn check_output(
@@ -508,6 +503,33 @@ impl SharedModel {
             });
         }
         Ok(output)
+    }
+}
+
+/// One session taken from a [`SharedModel`]'s pool. It goes back when this
+/// is dropped, a panic's unwinding included, so the other callers never
+/// wait for a session that is gone.
+struct Session<'a> {
+    model: &'a SharedModel,
+    engine: Option<Box<dyn FeatureEngine>>,
+}
+
+impl Session<'_> {
+    fn engine(&mut self) -> &mut dyn FeatureEngine {
+        self.engine.as_deref_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.take() {
+            self.model
+                .idle_engines
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(engine);
+            self.model.engine_returned.notify_one();
+        }
     }
 }
 
@@ -540,3 +562,63 @@ fn load_engine(
 
 #[cfg(test)]
 mod reference_tests;
+
+#[cfg(test)]
+mod session_pool_tests {
+    use super::*;
+
+    /// A stand-in engine (no network): each image's features are its first
+    /// input value, repeated; a NaN there makes it panic.
+    struct EchoEngine;
+
+    impl FeatureEngine for EchoEngine {
+        fn name(&self) -> &'static str {
+            "echo stand-in"
+        }
+
+        fn features(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, ModelError> {
+            assert!(!input[0].is_nan(), "the stand-in engine was told to panic");
+            Ok((0..batch)
+                .flat_map(|i| std::iter::repeat_n(input[i * INPUT_LEN], FEATURE_DIM))
+                .collect())
+        }
+    }
+
+    fn pooled(sessions: usize) -> SharedModel {
+        SharedModel {
+            idle_engines: Mutex::new((0..sessions).map(|_| Box::new(EchoEngine) as _).collect()),
+            engine_returned: Condvar::new(),
+            sessions,
+            engine_name: "echo stand-in",
+            file: ModelFile {
+                path: PathBuf::from("stand-in"),
+                sha256: String::new(),
+                precision: Precision::Fp32,
+            },
+        }
+    }
+
+    /// A call that panics inside the engine still gives its session back:
+    /// with one session, the next call would otherwise wait forever.
+    #[test]
+    fn a_panicking_call_gives_its_session_back() {
+        let model = Arc::new(pooled(1));
+        let mut poison = vec![0f32; INPUT_LEN];
+        poison[0] = f32::NAN;
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.features(&poison, 1)));
+        assert!(panicked.is_err());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let caller = model.clone();
+        std::thread::spawn(move || {
+            let mut input = vec![0f32; INPUT_LEN];
+            input[0] = 0.5;
+            let _ = sender.send(caller.features(&input, 1));
+        });
+        let features = receiver
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the next call never got the session back")
+            .unwrap();
+        assert_eq!(features, vec![0.5; FEATURE_DIM]);
+    }
+}
