@@ -39,12 +39,15 @@ pub use tract_engine::TractEngine;
 pub const FEATURE_DIM: usize = 1280;
 /// One image as the model takes it: 3 × 224 × 224 f32, NCHW planar.
 pub const INPUT_LEN: usize = 3 * 224 * 224;
-/// Images per inference call that the engines run fastest per image: on the
-/// 2-core development machine ONNX Runtime does about 350 fp32 images/s at
-/// batch 4 or 8 and 308 at 32, as activations of a small batch stay in
-/// cache (`verger bench --batch-size N` prints the ceiling at N). The
-/// pipeline infers in chunks of this size and tract is compiled for it.
-pub const PREFERRED_BATCH: usize = 8;
+/// Images per inference call that the engines run fastest per image, with
+/// one 1-thread session per core: the smaller the batch, the more of its
+/// activations stay in the core's own cache. On the 2-core development
+/// machine, two such ONNX Runtime sessions did 357–361 fp32 images/s at
+/// batch 2 against 308 at 8 (366–372 at 1), and int8 681–706 at 2 against
+/// 624–654 at 8 (647–661 at 1). `verger bench --batch-size N` prints the
+/// ceiling at N (≤ this). The pipeline infers in chunks of this size and
+/// tract is compiled for it.
+pub const PREFERRED_BATCH: usize = 2;
 /// The file name of the shared model, looked for in the usual places.
 pub const DEFAULT_MODEL_FILE: &str = "mobilenet_v2_1.0_224_features.onnx";
 /// The file name of the int8 model `tools/quantize_int8.py` builds (in the

@@ -204,7 +204,7 @@ mod tests {
 
     /// tract pads every call to its compiled batch, and `featurize` calls
     /// with at most PREFERRED_BATCH tensors: compiling for 32 would make
-    /// tract do four times the work.
+    /// tract do many times the work.
     #[test]
     fn the_engine_is_compiled_for_the_calls_featurize_makes() {
         let mut config = RunConfig::new("in", "out");
@@ -213,8 +213,8 @@ mod tests {
             config.engine_config().batch_size,
             verger_model::PREFERRED_BATCH
         );
-        config.batch_size = 3;
-        assert_eq!(config.engine_config().batch_size, 3);
+        config.batch_size = 1;
+        assert_eq!(config.engine_config().batch_size, 1);
     }
 
     /// One session per partition, the threads shared among them; a single
