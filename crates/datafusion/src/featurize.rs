@@ -707,7 +707,7 @@ mod tests {
             .iter()
             .map(|label| std::fs::read(sample_image(label)).unwrap().into())
             .collect();
-        // 5 chunks of 8: a read failure and a non-image at odd places.
+        // 19 chunks of 2: a read failure and a non-image at odd places.
         let inputs = || -> Vec<std::result::Result<bytes::Bytes, Failure>> {
             (0..37)
                 .map(|i| match i {

@@ -352,8 +352,9 @@ impl EngineConfig {
 /// of each of the network's ~100 operators, which matters most when decode
 /// threads share the cores. On the 2-core development machine ONNX Runtime
 /// alone does 335 fp32 images/s as two 1-thread sessions against 318 as
-/// one 2-thread session (int8: 699 against 622; `verger bench` prints its
-/// ceiling with the layout the run uses). A single caller (the service
+/// one 2-thread session at batch 8, and 358–379 against 243–300 at batches
+/// 1–2 (`tools/session_batches.py`; `verger bench` prints its ceiling with
+/// the layout the run uses). A single caller (the service
 /// answering one photo, a run with `--partitions 1`) keeps one session with
 /// every thread, so that one call is as fast as it can be.
 pub fn sessions_for(threads: usize, concurrent_calls: usize) -> usize {
