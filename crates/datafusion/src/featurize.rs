@@ -212,67 +212,80 @@ impl FeaturizeContext {
         let mut results = Vec::new();
         std::thread::scope(|scope| {
             let views = &views;
-            let receivers: Vec<_> = assigned
+            let (receivers, recyclers): (Vec<_>, Vec<_>) = assigned
                 .into_iter()
                 .map(|chunks| {
                     // One decoded chunk per decoder waits while it decodes
                     // its next one.
                     let (sender, receiver) = std::sync::mpsc::sync_channel::<DecodedChunk>(1);
+                    // Tensors the model is done with come back to be
+                    // written over: no zero-filling and no fresh pages for
+                    // every chunk.
+                    let (recycler, recycled) = std::sync::mpsc::channel::<Vec<f32>>();
                     scope.spawn(move || {
                         for chunk in chunks {
+                            let buffer = recycled.try_recv().unwrap_or_default();
                             if sender
-                                .send(self.decode_chunk(chunk, preprocess, views))
+                                .send(self.decode_chunk(chunk, preprocess, views, buffer))
                                 .is_err()
                             {
                                 return;
                             }
                         }
                     });
-                    receiver
+                    (receiver, recycler)
                 })
-                .collect();
+                .unzip();
             for i in 0..chunk_count {
                 // A decoder that panicked drops its sender; the scope then
                 // re-raises its panic.
                 let Ok(chunk) = receivers[i % decoders].recv() else {
                     break;
                 };
-                results.extend(self.infer_chunk(chunk, per_image));
+                let (featurized, tensor) = self.infer_chunk(chunk, per_image);
+                results.extend(featurized);
+                // A decoder that has finished its chunks no longer listens.
+                let _ = recyclers[i % decoders].send(tensor);
             }
         });
         results
     }
 
+    /// Decodes `inputs` into `buffer` (a tensor the model is done with, or
+    /// an empty one), written over in place: its old values are never read.
     fn decode_chunk(
         &self,
         inputs: Vec<std::result::Result<bytes::Bytes, Failure>>,
         preprocess: &PreprocessConfig,
         views: &[View],
+        buffer: Vec<f32>,
     ) -> DecodedChunk {
         let started = Instant::now();
         let per_image = views.len() * TENSOR_LEN;
-        let mut tensor = Vec::with_capacity(inputs.len() * per_image);
+        let mut tensor = buffer;
+        let needed = inputs.len() * per_image;
+        if tensor.len() < needed {
+            tensor.resize(needed, 0.0);
+        }
         let mut outcomes = Vec::with_capacity(inputs.len());
         let mut slots = 0;
         for input in inputs {
             let outcome = input.and_then(|bytes| {
-                let start = tensor.len();
-                tensor.resize(start + per_image, 0.0);
-                let out = &mut tensor[start..];
+                let out = &mut tensor[slots * per_image..(slots + 1) * per_image];
                 // One view (the whole photo) is exactly `preprocess_into`.
+                // A failed image's partial writes are left in its slot, for
+                // the next image (or the truncation below) to drop.
                 match verger_image::views::preprocess_views_into(&bytes, preprocess, views, out) {
                     Ok(()) => {
                         slots += 1;
                         Ok(slots - 1)
                     }
-                    Err(e) => {
-                        tensor.truncate(start);
-                        Err((image_failure(&e), e.to_string()))
-                    }
+                    Err(e) => Err((image_failure(&e), e.to_string())),
                 }
             });
             outcomes.push(outcome);
         }
+        tensor.truncate(slots * per_image);
         let decode_time = started.elapsed();
         record(&self.metrics, |m| {
             StageMetrics::add(&m.decode_ns, decode_time)
@@ -284,11 +297,13 @@ impl FeaturizeContext {
         }
     }
 
+    /// Runs the model on a decoded chunk; gives back each image's result and
+    /// the chunk's tensor, for its decoder to write the next chunk into.
     fn infer_chunk(
         &self,
         chunk: DecodedChunk,
         per_image: usize,
-    ) -> Vec<std::result::Result<Featurized, Failure>> {
+    ) -> (Vec<std::result::Result<Featurized, Failure>>, Vec<f32>) {
         let (features, inference_time) = self
             .model
             .features_timed(&chunk.tensor, chunk.images * per_image);
@@ -297,7 +312,7 @@ impl FeaturizeContext {
             m.batches.fetch_add(1, Ordering::Relaxed);
         });
         let width = per_image * FEATURE_DIM;
-        chunk
+        let featurized = chunk
             .outcomes
             .into_iter()
             .map(|outcome| {
@@ -313,7 +328,8 @@ impl FeaturizeContext {
                     Err(e) => Err((FailureKind::InferenceFailed, e.to_string())),
                 }
             })
-            .collect()
+            .collect();
+        (featurized, chunk.tensor)
     }
 }
 
@@ -694,6 +710,32 @@ mod tests {
             batch_size: 8,
         };
         SharedModel::load(model_file, &config).unwrap()
+    }
+
+    /// A recycled tensor's old values never reach the model: a buffer of
+    /// NaNs, longer than the chunk, gives the tensor an empty one gives,
+    /// with a failed image between two good ones.
+    #[test]
+    fn a_recycled_tensor_is_written_over_entirely() {
+        let context = FeaturizeContext::new(load_model(), Arc::new(StageMetrics::default()));
+        let photo: bytes::Bytes = std::fs::read(sample_image("Banana")).unwrap().into();
+        let inputs = || {
+            vec![
+                Ok(photo.clone()),
+                Ok(bytes::Bytes::from_static(b"not an image")),
+                Ok(photo.clone()),
+            ]
+        };
+        let preprocess = PreprocessConfig::default();
+        let views = [View::WHOLE];
+        let fresh = context.decode_chunk(inputs(), &preprocess, &views, Vec::new());
+        let garbage = vec![f32::NAN; 5 * TENSOR_LEN];
+        let reused = context.decode_chunk(inputs(), &preprocess, &views, garbage);
+        assert_eq!(fresh.images, 2);
+        assert_eq!(reused.images, 2);
+        assert_eq!(reused.tensor.len(), 2 * TENSOR_LEN);
+        assert!(reused.tensor.iter().all(|v| v.is_finite()));
+        assert_eq!(fresh.tensor, reused.tensor);
     }
 
     /// Several decode threads, chunks handed out round-robin: every result
