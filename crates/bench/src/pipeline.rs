@@ -202,8 +202,7 @@ fn make_large_photos(dataset: &Path, target: &Path, count: usize) -> Result<Vec<
         crate::photos::PHONE.1,
         split.display()
     );
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let chunk = sources.len().div_ceil(cores).max(1);
+    let chunk = sources.len().div_ceil(cores()).max(1);
     let made: Vec<Result<Vec<PathBuf>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = sources
             .chunks(chunk)
@@ -563,8 +562,9 @@ fn model_ceiling(
     Ok((batches.max(1) * batch) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Cores as `verger run` counts them for its default partitions.
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
 
 struct ChildRun {
