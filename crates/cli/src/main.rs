@@ -262,10 +262,15 @@ struct BenchArgs {
     /// Engines to measure, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "ort")]
     engines: Vec<EngineArg>,
-    /// Batches of --batch-size images timed for the model-only ceiling (run, like the
-    /// pipeline's inference, in calls of at most 8 images, the engines' fastest size)
+    /// Batches of --batch-size images timed for the model-only ceiling (run in the
+    /// pipeline's own inference calls, on every session at once)
     #[arg(long, default_value_t = 40)]
     ceiling_batches: usize,
+    /// Runs of every row, in rounds: each row shows its fastest run (the slowest
+    /// beside it) and the ceiling is measured again after every round, best kept.
+    /// On a shared machine 3 steadies the ratios
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    repeat: u16,
     /// Folder for the repeated inputs and outputs [default: a temporary folder]
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -500,6 +505,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         work_dir: args.work_dir,
         ceiling_batches: args.ceiling_batches,
         cluster_executors: args.cluster_executors,
+        repeat: usize::from(args.repeat),
     };
     if let Some(counts) = args.listing {
         let rows = bench_listing(&counts, &config, &std::env::current_exe()?)?;
