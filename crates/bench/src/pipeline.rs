@@ -317,42 +317,43 @@ fn bench_engine(
         model.sessions()
     );
     let repeat = config.repeat.max(1);
-    let mut rows: Vec<BenchRow> = Vec::new();
+    let placements: Vec<(usize, usize)> = config
+        .image_counts
+        .iter()
+        .flat_map(|&count| config.cluster_executors.iter().map(move |&e| (count, e)))
+        .collect();
+    // One slot per placement; each round folds its run in.
+    let mut best: Vec<Option<BenchRow>> = vec![None; placements.len()];
     for round in 1..=repeat {
-        let mut index = 0;
-        for &count in &config.image_counts {
+        for (slot, &(count, executors)) in best.iter_mut().zip(&placements) {
+            let mode = match executors {
+                0 => "embedded".to_string(),
+                n => format!("cluster-{n}"),
+            };
             let input = images.input(count)?;
-            for &executors in &config.cluster_executors {
-                let mode = match executors {
-                    0 => "embedded".to_string(),
-                    n => format!("cluster-{n}"),
-                };
-                let output = images.work.join(format!(
-                    "output-{}-{}-{count}-{mode}",
-                    model.engine_name(),
-                    file.precision
-                ));
-                let target = Target {
-                    quiet: false,
-                    engine,
-                    model: file,
-                    input: &input,
-                    output: &output,
-                };
-                let measured = measure_run(verger_exe, config, &target, executors, &images.work)?;
-                let row = to_row(&model, &mode, count, best_ceiling, &measured)?;
-                eprintln!(
-                    "bench: {name} {mode} {count} images (run {round} of {repeat}): {:.1} images/s end to end, peak RSS {:.0} MiB",
-                    row.end_to_end_images_per_s, row.peak_rss_mib
-                );
-                std::fs::remove_dir_all(&output).ok();
-                if let Some(best) = rows.get_mut(index) {
-                    *best = best.clone().fold(row);
-                } else {
-                    rows.push(row);
-                }
-                index += 1;
-            }
+            let output = images.work.join(format!(
+                "output-{}-{}-{count}-{mode}",
+                model.engine_name(),
+                file.precision
+            ));
+            let target = Target {
+                quiet: false,
+                engine,
+                model: file,
+                input: &input,
+                output: &output,
+            };
+            let measured = measure_run(verger_exe, config, &target, executors, &images.work)?;
+            let row = to_row(&model, &mode, count, best_ceiling, &measured)?;
+            eprintln!(
+                "bench: {name} {mode} {count} images (run {round} of {repeat}): {:.1} images/s end to end, peak RSS {:.0} MiB",
+                row.end_to_end_images_per_s, row.peak_rss_mib
+            );
+            std::fs::remove_dir_all(&output).ok();
+            *slot = Some(match slot.take() {
+                Some(earlier) => earlier.fold(row),
+                None => row,
+            });
         }
         // The machine is shared: measure the ceiling again after every
         // round and keep the highest figure, so a slow moment never
@@ -361,6 +362,7 @@ fn bench_engine(
         eprintln!("bench: {name} model-only ceiling again {again:.1} images/s");
         best_ceiling = best_ceiling.max(again);
     }
+    let mut rows: Vec<BenchRow> = best.into_iter().flatten().collect();
     for row in &mut rows {
         row.ceiling_images_per_s = best_ceiling;
         row.ratio = row.end_to_end_images_per_s / best_ceiling;
