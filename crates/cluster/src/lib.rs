@@ -6,6 +6,7 @@
 //! - [`part_write`]: `PartWriteExec`, which writes a task's Parquet parts
 //!   under names taken from its slice and the run's attempt, and returns the
 //!   task's summary;
+//! - `plan_node`: the `ExecutionPlan` plumbing those three operators share;
 //! - [`codec`]: how those operators travel in plans, and the session
 //!   settings all cluster processes share;
 //! - [`scheduler`] and [`executor`]: the `verger scheduler` and
@@ -20,6 +21,7 @@ pub mod client;
 pub mod codec;
 pub mod executor;
 pub mod part_write;
+mod plan_node;
 pub mod scheduler;
 pub mod slices;
 

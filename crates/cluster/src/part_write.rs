@@ -16,10 +16,9 @@ use std::sync::{Arc, OnceLock};
 use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use datafusion::common::internal_err;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -35,6 +34,7 @@ use verger_output::{
 };
 use verger_store::Location;
 
+use crate::plan_node::{external, one_input_plan};
 use crate::slices::{SLICE_COLUMN, slice_prefix};
 
 /// Which files a [`PartWriteExec`] writes.
@@ -98,12 +98,6 @@ pub fn summaries(batches: &[RecordBatch]) -> Result<Vec<TaskSummary>> {
     Ok(out)
 }
 
-/// Ballista sends a task's error to the client as text built with `{:?}`:
-/// an `Execution` error keeps verger's own message readable there.
-fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
-    DataFusionError::Execution(e.to_string())
-}
-
 /// Drains its input into Parquet parts named by slice; one summary row out
 /// per partition.
 #[derive(Debug)]
@@ -154,41 +148,11 @@ impl DisplayAs for PartWriteExec {
     }
 }
 
-#[allow(deprecated)] // `with_new_children` is still the one required method
-impl ExecutionPlan for PartWriteExec {
-    fn name(&self) -> &str {
-        "PartWriteExec"
-    }
+one_input_plan!(PartWriteExec);
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("PartWriteExec has one input");
-        }
-        Ok(Arc::new(PartWriteExec::try_new(
-            children.remove(0),
-            self.spec.clone(),
-        )?))
-    }
-
-    fn execute(
+impl PartWriteExec {
+    /// Its `ExecutionPlan::execute`.
+    fn stream(
         &self,
         partition: usize,
         context: Arc<TaskContext>,

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{internal_err, plan_err};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
@@ -40,6 +39,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use verger_output::{DoneWork, STAGED_FEATURES_DIR, StagingManifest, staged_features_schema};
 use verger_store::{Location, NameFilter};
+
+use crate::plan_node::{external, one_input_plan};
 
 /// The column every sliced operator adds: which slice a row belongs to.
 pub const SLICE_COLUMN: &str = "slice";
@@ -108,6 +109,22 @@ fn seed_rows(batch: &RecordBatch) -> Result<Vec<(u32, u32)>> {
         .collect())
 }
 
+/// The `(slice, of)` of every seed row a task receives; the first is
+/// recorded as the task's slice in its metrics.
+fn task_slices(
+    seeds: SendableRecordBatchStream,
+) -> impl futures::Stream<Item = Result<(u32, u32)>> {
+    seeds
+        .map(|batch| batch.and_then(|b| seed_rows(&b)))
+        .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok::<_, DataFusionError>)))
+        .try_flatten()
+        .inspect_ok(|&(slice, _)| {
+            verger_datafusion::metrics::record_in_task(|m| {
+                let _first_seed_only = m.slice.set(slice);
+            });
+        })
+}
+
 fn with_slice_column(schema: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(SLICE_COLUMN, DataType::UInt32, false));
@@ -127,12 +144,6 @@ fn properties_over(input: &Arc<dyn ExecutionPlan>, schema: SchemaRef) -> Arc<Pla
         EmissionType::Incremental,
         Boundedness::Bounded,
     ))
-}
-
-/// Ballista sends a task's error to the client as text built with `{:?}`:
-/// an `Execution` error keeps verger's own message readable there.
-fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
-    DataFusionError::Execution(e.to_string())
 }
 
 /// What an [`ImageListExec`] needs; it travels in the plan as JSON.
@@ -187,41 +198,11 @@ impl DisplayAs for ImageListExec {
     }
 }
 
-#[allow(deprecated)] // `with_new_children` is still the one required method
-impl ExecutionPlan for ImageListExec {
-    fn name(&self) -> &str {
-        "ImageListExec"
-    }
+one_input_plan!(ImageListExec);
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("ImageListExec has one input");
-        }
-        Ok(Arc::new(ImageListExec::try_new(
-            children.remove(0),
-            self.spec.clone(),
-        )?))
-    }
-
-    fn execute(
+impl ImageListExec {
+    /// Its `ExecutionPlan::execute`.
+    fn stream(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
@@ -232,17 +213,11 @@ impl ExecutionPlan for ImageListExec {
         let input = Location::parse(&spec.root).map_err(external)?;
         let output = Location::parse(&spec.output).map_err(external)?;
         let filter = NameFilter::new(&spec.glob).map_err(external)?;
-        let batches = seeds
-            .map(|batch| batch.and_then(|b| seed_rows(&b)))
-            .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok::<_, DataFusionError>)))
-            .try_flatten()
+        let batches = task_slices(seeds)
             .map_ok(move |(slice, of)| {
                 let (input, filter, schema, spec) =
                     (input.clone(), filter.clone(), schema.clone(), spec.clone());
                 let output = output.clone();
-                verger_datafusion::metrics::record_in_task(|m| {
-                    let _first_seed_only = m.slice.set(slice);
-                });
                 futures::stream::once(async move {
                     let manifest = StagingManifest::read(&output).await.map_err(external)?;
                     manifest
@@ -352,41 +327,11 @@ impl DisplayAs for StagedReadExec {
     }
 }
 
-#[allow(deprecated)] // `with_new_children` is still the one required method
-impl ExecutionPlan for StagedReadExec {
-    fn name(&self) -> &str {
-        "StagedReadExec"
-    }
+one_input_plan!(StagedReadExec);
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("StagedReadExec has one input");
-        }
-        Ok(Arc::new(StagedReadExec::try_new(
-            children.remove(0),
-            self.spec.clone(),
-        )?))
-    }
-
-    fn execute(
+impl StagedReadExec {
+    /// Its `ExecutionPlan::execute`.
+    fn stream(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
@@ -394,14 +339,8 @@ impl ExecutionPlan for StagedReadExec {
         let seeds = self.input.execute(partition, context)?;
         let schema = self.schema.clone();
         let location = Location::parse(&self.spec.output).map_err(external)?;
-        let batches = seeds
-            .map(|batch| batch.and_then(|b| seed_rows(&b)))
-            .map_ok(|rows| futures::stream::iter(rows.into_iter().map(Ok::<_, DataFusionError>)))
-            .try_flatten()
+        let batches = task_slices(seeds)
             .map_ok(move |(slice, of)| {
-                verger_datafusion::metrics::record_in_task(|m| {
-                    let _first_seed_only = m.slice.set(slice);
-                });
                 let location = location.clone();
                 let schema = schema.clone();
                 futures::stream::once(staged_files(location.clone(), slice, of))
